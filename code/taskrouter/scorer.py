@@ -1,0 +1,125 @@
+"""Grammar-constrained choice of one name from a dynamic list, by exact scoring.
+
+Hand-written because it is what makes the router both correct and fast: the
+allowed answers form a trie of token ids; every internal trie node is fed to the
+model in ONE forward pass on top of the prompt's KV cache (tree attention: a node
+sees the prompt and its own ancestors), and only the LM-head rows of each node's
+allowed children are computed, never the 262k-row vocabulary. The result is the
+exact distribution constrained decoding would give, over every name at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .prompts import answer_text
+
+
+@dataclass
+class NameTrie:
+    """Token-id trie of the allowed answers; node 0 is the root (the answer lead)."""
+
+    names: list[str]
+    tokens: list[int] = field(default_factory=list)  # token of node i (root: -1)
+    parent: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    leaf_of: dict[int, int] = field(default_factory=dict)  # node -> name index
+
+    @classmethod
+    def build(cls, tokenizer, names: list[str]) -> "NameTrie":
+        trie = cls(names=names, tokens=[-1], parent=[-1], depth=[-1])
+        children: dict[tuple[int, int], int] = {}
+        for index, name in enumerate(names):
+            node = 0
+            ids = tokenizer.encode(answer_text(name), add_special_tokens=False)
+            for tok in ids:
+                key = (node, tok)
+                if key not in children:
+                    children[key] = len(trie.tokens)
+                    trie.tokens.append(tok)
+                    trie.parent.append(node)
+                    trie.depth.append(trie.depth[node] + 1)
+                node = children[key]
+            if node in trie.leaf_of or any(p == node for p in trie.parent):
+                raise ValueError(f"task name {name!r} is not a distinct token sequence")
+            trie.leaf_of[node] = index
+        return trie
+
+    @property
+    def internal(self) -> list[int]:
+        """Non-root nodes that have children: the ones the model must see."""
+        has_child = set(self.parent[1:])
+        return [n for n in range(1, len(self.tokens)) if n in has_child]
+
+
+def _tree_masks(model, trie: NameTrie, nodes: list[int], prefix_len: int, device) -> object:
+    """Boolean 4D masks (True = attend) for the trie nodes; a dict per layer type where the model has several."""
+    q = len(nodes)
+    slot = {n: i for i, n in enumerate(nodes)}
+    tree = torch.zeros(q, q, dtype=torch.bool)
+    for i, node in enumerate(nodes):
+        a = node
+        while a > 0:
+            tree[i, slot[a]] = True
+            a = trie.parent[a]
+    positions = torch.tensor([prefix_len + trie.depth[n] for n in nodes])
+    config = model.config
+    layer_types = set(getattr(config, "layer_types", None) or [])
+
+    def build(window: int | None) -> torch.Tensor:
+        prefix = torch.ones(q, prefix_len, dtype=torch.bool)
+        if window is not None:
+            prefix &= (positions[:, None] - torch.arange(prefix_len)[None, :]) < window
+        return torch.cat([prefix, tree], dim=1)[None, None].to(device)
+
+    if not layer_types:
+        return build(None)
+    return {lt: build(config.sliding_window if "sliding" in lt else None) for lt in layer_types}
+
+
+@torch.inference_mode()
+def score_names(model, trie: NameTrie, cache, last_hidden: torch.Tensor) -> torch.Tensor:
+    """Probabilities of each name (in `trie.names` order) under constrained decoding.
+
+    `cache` holds the prompt up to the answer lead; `last_hidden` is the final-norm
+    hidden state at the lead's last token. The cache is cropped back afterwards.
+    """
+    body = model.get_decoder()
+    head = model.get_output_embeddings()
+    prefix_len = cache.get_seq_length()
+    nodes = trie.internal
+    hidden = {0: last_hidden.reshape(-1)}
+    if nodes:
+        ids = torch.tensor([[trie.tokens[n] for n in nodes]], device=last_hidden.device)
+        positions = torch.tensor([[prefix_len + trie.depth[n] for n in nodes]], device=last_hidden.device)
+        mask = _tree_masks(model, trie, nodes, prefix_len, last_hidden.device)
+        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        cache.crop(-len(nodes))
+        for i, n in enumerate(nodes):
+            hidden[n] = out.last_hidden_state[0, i]
+    edges = list(range(1, len(trie.tokens)))
+    parents = torch.tensor([trie.parent[e] for e in edges])
+    rows = head.weight[torch.tensor([trie.tokens[e] for e in edges], device=head.weight.device)]
+    states = torch.stack([hidden[trie.parent[e]] for e in edges]).to(rows.dtype)
+    logits = (states * rows).sum(-1).float()
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[[trie.tokens[e] for e in edges]].float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    # log-softmax among siblings: the constrained distribution at each node
+    logits = logits.cpu()
+    group_max = torch.full((len(trie.tokens),), -torch.inf).scatter_reduce(0, parents, logits, "amax")
+    exp = torch.exp(logits - group_max[parents])
+    group_sum = torch.zeros(len(trie.tokens)).scatter_add(0, parents, exp)
+    edge_logp = torch.zeros(len(trie.tokens))
+    edge_logp[1:] = logits - group_max[parents] - torch.log(group_sum[parents])
+    logp = torch.zeros(len(trie.names))
+    for leaf, index in trie.leaf_of.items():
+        total, node = 0.0, leaf
+        while node > 0:
+            total += edge_logp[node]
+            node = trie.parent[node]
+        logp[index] = total
+    return torch.softmax(logp, dim=0)

@@ -1,0 +1,1 @@
+"""Local mirror of the SageMaker container: Flask routes /ping and /invocations behind gunicorn."""

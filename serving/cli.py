@@ -1,0 +1,60 @@
+"""`taskrouter serve` / `serve`: start gunicorn (or Flask's dev server) on an artifact or the embedded default."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+
+def unpack_artifact(path: str) -> str:
+    """A model.tar.gz is unpacked into a temporary directory (as SageMaker does into /opt/ml/model)."""
+    if Path(path).is_dir():
+        return path
+    if not tarfile.is_tarfile(path):
+        raise SystemExit(f"--model-dir {path}: neither a directory nor a model.tar.gz")
+    target = tempfile.mkdtemp(prefix="taskrouter-model-")
+    print(f"taskrouter: unpacking {path} into {target}", file=sys.stderr)
+    with tarfile.open(path) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", help="an unpacked artifact or a model.tar.gz (default: the embedded Gemma 3 270M "
+                                            "with the adapters in model_artifacts/adapters)")
+    parser.add_argument("--adapter", action="append", help="adapter name to load (repeatable; default: all that fit the base)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080, as SageMaker)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, each with its own model copy (default 1)")
+    parser.add_argument("--dev", action="store_true", help="Flask's own single-process server instead of gunicorn")
+
+
+def run(args: argparse.Namespace) -> None:
+    model_dir = unpack_artifact(args.model_dir) if args.model_dir else None
+    env = {"TASKROUTER_PORT": str(args.port), "TASKROUTER_WORKERS": str(args.workers)}
+    if model_dir:
+        env["TASKROUTER_MODEL_DIR"] = model_dir
+    if args.adapter:
+        env["TASKROUTER_ADAPTERS"] = ",".join(args.adapter)
+        env.setdefault("TASKROUTER_DEFAULT_ADAPTER", args.adapter[0])
+    os.environ.update(env)
+    if args.dev:
+        from .app import create_app
+
+        create_app(model_dir).run(host=args.host, port=args.port, threaded=True)
+        return
+    conf = Path(__file__).with_name("gunicorn_conf.py")
+    gunicorn = shutil.which("gunicorn") or sys.exit("gunicorn is not installed: pip install gunicorn")
+    os.execv(gunicorn, [gunicorn, "-c", str(conf), "--bind", f"{args.host}:{args.port}",
+                        "taskrouter.serving.app:app_from_env()"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `serve` console script (the SageMaker container's name for the command)."""
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__)
+    add_arguments(parser)
+    run(parser.parse_args(argv))

@@ -1,0 +1,41 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_model  # noqa: E402
+
+TASKS = [
+    {"name": "meeting_recap", "description": "Write a recap of a meeting"},
+    {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
+    {"name": "prepare_a_quote", "description": "Prepare a price quote"},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("models") / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_falcon_dir(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("models") / "tiny-falcon", arch="falcon")
+
+
+@pytest.fixture(scope="session")
+def tiny_router(tiny_dir):
+    from taskrouter.loading import load_model
+    from taskrouter.router import Router
+
+    return Router(load_model(str(tiny_dir)))
+
+
+@pytest.fixture
+def request_payload() -> dict:
+    return {"messages": [{"role": "user", "content": "Please write a recap of the meeting with ACME."}],
+            "tasks": [dict(t) for t in TASKS]}

@@ -1,0 +1,54 @@
+"""Tiny random-weight models with an offline byte-level BPE tokenizer, for fast tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "Route the latest user message to a task. Tasks: Conversation: User: Assistant: Current task: Task: none",
+    "meeting_recap follow_up_email prepare_a_quote qualify_leads answer_to_a_prospect respond_to_customer_request",
+    "Please write a recap of the meeting with ACME. Send a follow-up email to the prospect. Thanks, that's all.",
+    "book a flight, weather forecast, reserve a restaurant, find a hotel, play music, set a timer",
+]
+
+
+def build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_model(out: Path, arch: str = "gemma3", seed: int = 0) -> Path:
+    """Save a tiny `arch` model (gemma3 with a sliding window of 8 tokens, or falcon) plus tokenizer to `out`."""
+    from transformers import AutoModelForCausalLM, FalconConfig, Gemma3TextConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    if arch == "gemma3":
+        config = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=2048,
+                                  layer_types=["sliding_attention", "full_attention"], **common)
+    else:
+        config = FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
+                              multi_query=True, parallel_attn=True, bias=False, alibi=False, **common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    (out / "taskrouter.json").write_text(json.dumps({"base_model": out.name}))
+    return out
