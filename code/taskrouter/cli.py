@@ -15,6 +15,11 @@ COMMANDS = [
     ("serve", "taskrouter.serving.cli", "serve the router over HTTP (gunicorn + Flask, SageMaker routes)"),
     ("route", "taskrouter.cli", "route one conversation from the command line"),
     ("bench", "taskrouter.evaluation.bench", "measure latency and throughput on the embedded default"),
+    ("eval", "taskrouter.evaluation.cli", "evaluate configs on router-bench files: metrics, report, plots"),
+    ("data", "taskrouter.training.data_cli", "generate synthetic conversations, review and export them"),
+    ("train", "taskrouter.training.train", "train a LoRA / QLoRA adapter on router-bench data"),
+    ("package", "taskrouter.packaging.cli", "build, verify and deploy the SageMaker model.tar.gz"),
+    ("loadtest", "taskrouter.serving.loadtest", "run Locust headless against a running server"),
 ]
 
 

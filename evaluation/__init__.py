@@ -1,0 +1,1 @@
+"""taskrouter.evaluation (folder `evaluation/`)."""

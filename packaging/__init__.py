@@ -1,0 +1,1 @@
+"""taskrouter.packaging (folder `packaging/`)."""

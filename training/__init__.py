@@ -1,0 +1,1 @@
+"""taskrouter.training (folder `training/`)."""
