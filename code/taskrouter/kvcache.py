@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from transformers import DynamicCache
 
 
-def clone_cache(cache: DynamicCache) -> DynamicCache:
-    """A deep copy whose tensors can be extended without touching the original."""
+def clone_cache(cache: DynamicCache, n_tokens: int | None = None) -> DynamicCache:
+    """A deep copy of the first `n_tokens` (default all), extendable without touching the original."""
     copy = DynamicCache()
     for i, layer in enumerate(cache.layers):
-        copy.update(layer.keys.clone(), layer.values.clone(), i)
+        copy.update(layer.keys[..., :n_tokens, :].clone(), layer.values[..., :n_tokens, :].clone(), i)
     return copy
 
 
@@ -71,15 +71,15 @@ class PrefixCache:
             return 0, None
 
     def put(self, key: str, n_tokens: int, cache: DynamicCache) -> None:
-        """Store a copy of `cache`, which must hold exactly `n_tokens` tokens."""
-        size = cache_bytes(cache)
+        """Store a copy of the first `n_tokens` tokens of `cache` under `key`."""
+        size = cache_bytes(cache) * n_tokens // max(1, cache.get_seq_length())
         if size > self.max_bytes:
             return
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return
-            self._entries[key] = (n_tokens, clone_cache(cache), size)
+            self._entries[key] = (n_tokens, clone_cache(cache, n_tokens), size)
             self.stats.bytes += size
             while self.stats.bytes > self.max_bytes:
                 _, (_, _, freed) = self._entries.popitem(last=False)

@@ -1,6 +1,7 @@
 """The router: one request in, one decision out, over the prefix cache and the constrained scorer."""
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -88,19 +89,16 @@ class Router:
         return body(input_ids=tensor, cache=cache, use_cache=True).last_hidden_state[0, -1]
 
     def _prefill(self, segments: list[list[int]], namespace: str) -> tuple[DynamicCache, torch.Tensor]:
-        """Run the prompt on top of its longest cached prefix; cache the task-list prefix and the conversation."""
+        """Run what the longest cached prefix does not cover in ONE forward pass, then keep two
+        checkpoints (after the instruction + task list, after the last message) as slices of it."""
         keys = prefix_keys(namespace, segments[:-1])  # the tail (current task + lead) is never cached
         covered, cache = self.cache.longest(keys)
         cache = cache if cache is not None else DynamicCache()
-        checkpoints = {0, len(keys) - 1}  # after the instruction + task list, after the last message
-        pending: list[int] = []
-        for i in range(covered, len(keys)):
-            pending += segments[i]
-            if i in checkpoints and keys[i] not in self.cache:
-                self._forward(pending, cache)
-                pending = []
-                self.cache.put(keys[i], cache.get_seq_length(), cache)
-        hidden = self._forward(pending + segments[-1], cache)
+        hidden = self._forward([t for seg in segments[covered:] for t in seg], cache)
+        ends = list(itertools.accumulate(len(seg) for seg in segments))
+        for i in {0, len(keys) - 1}:
+            if i >= covered and keys[i] not in self.cache:
+                self.cache.put(keys[i], ends[i], cache)
         return cache, hidden
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

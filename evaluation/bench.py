@@ -1,0 +1,129 @@
+"""`taskrouter bench latency`: cold / next-turn latency and constrained-vs-forward cost, in one run.
+
+The request is the issue's shape: ~400 tokens of prompt with 8 tasks. Each sample
+uses its own conversation (a distinct company name), so nothing is shared by
+accident between samples; "cold" empties the prefix cache before every request.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+TASKS = [
+    ("answer_to_a_prospect", "Answer a question a prospect asked about the product or the offer"),
+    ("follow_up_email", "Write a follow-up email to a prospect or a customer after a call or a meeting"),
+    ("meeting_recap", "Write a recap of a meeting: attendees, decisions, next steps"),
+    ("post_deal_appreciation_and_resource_sharing", "Thank a customer after a signed deal and share resources"),
+    ("prepare_a_quote", "Prepare a price quote with products, quantities and discounts"),
+    ("qualify_leads", "Qualify a list of leads by budget, authority, need and timing"),
+    ("respond_to_customer_request", "Answer a request or a complaint from an existing customer"),
+    ("plan_a_call", "Prepare the agenda and questions for an upcoming sales call"),
+]
+
+
+def conversation(company: str, turns: int) -> list[dict]:
+    """A sales conversation about `company` with `turns` user messages."""
+    lines = [
+        f"I just got off a call with the procurement team at {company}, they want 40 licenses and a discount.",
+        f"Sure. What did {company} say about their budget and the timeline for the roll-out in their teams?",
+        "They have budget approved for this quarter, the VP of sales signs, they want to start in March.",
+        "Great, that sounds like a qualified opportunity. Do you want me to draft something for them?",
+        f"Yes, put together the pricing for {company}: 40 seats of the pro plan, 12% off, annual billing.",
+        "Here is a first draft of the quote with 40 pro seats, 12% discount and annual billing terms.",
+        "Add the onboarding package and a line for premium support, then send me the total per year.",
+        "Done: onboarding and premium support are added; the yearly total is 41,300 euros before tax.",
+        f"Now write the email to their buyer at {company} with the quote attached and a call proposal.",
+    ]
+    messages = []
+    for i in range(2 * turns - 1):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": lines[i % len(lines)]})
+    return messages
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    values = sorted(values)
+    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+    return statistics.median(values), p95
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["latency"], help="latency: cold, next-turn and constrained-vs-forward figures")
+    parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model and its adapters)")
+    parser.add_argument("--strategy", default=None, help="prompt strategy (default: the adapter's, else zero_shot)")
+    parser.add_argument("--samples", type=int, default=10, help="requests per measured figure (default 10)")
+    parser.add_argument("--turns", type=int, default=5, help="user turns in the measured request (default 5)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def run(args: argparse.Namespace) -> None:
+    from taskrouter import handler
+    from taskrouter.kvcache import PrefixCache
+    from taskrouter.prompts import build_prompt, encode_prompt
+    from taskrouter.schema import parse_request
+
+    router = handler.model_fn(args.model_dir)
+    tasks = [{"name": n, "description": d} for n, d in TASKS]
+
+    def request(i: int, turns: int, decoding: str = "constrained"):
+        payload = {"messages": conversation(f"Company{i:03d}", turns), "tasks": tasks, "decoding": decoding,
+                   "current_task": "prepare_a_quote" if turns > 2 else None}
+        if args.strategy:
+            payload["strategy"] = args.strategy
+        return parse_request(payload)
+
+    def timed(req) -> float:
+        start = time.perf_counter()
+        router.route(req)
+        return time.perf_counter() - start
+
+    probe = request(0, args.turns)
+    strategy = args.strategy or ("adapter" if router.default_adapter else "zero_shot")
+    ids = encode_prompt(router.loaded.tokenizer, build_prompt(strategy, probe.tasks, probe.messages, probe.current_task),
+                        router.max_prompt_tokens).ids
+    router.route(request(999, args.turns))  # warm-up: allocator, kernels
+    cold, free, nxt, new_conv, forward = [], [], [], [], []
+    for i in range(args.samples):
+        router.cache = PrefixCache(router.cache.max_bytes)
+        cold.append(timed(request(i, args.turns)))
+        router.cache = PrefixCache(router.cache.max_bytes)
+        free.append(timed(request(i, args.turns, "free")))
+        router.route(request(1000 + i, args.turns - 1))  # the previous turn of this conversation
+        nxt.append(timed(request(1000 + i, args.turns)))
+        new_conv.append(timed(request(2000 + i, args.turns)))  # task list cached, conversation new
+        with torch.inference_mode(), router.loaded.use_adapter(router.default_adapter):
+            sample_ids = torch.tensor([ids], device=router.loaded.device)
+            start = time.perf_counter()
+            router.loaded.model(input_ids=sample_ids, logits_to_keep=1)
+            forward.append(time.perf_counter() - start)
+    figures = {
+        "model": router.loaded.name, "adapter": router.default_adapter, "strategy": strategy,
+        "prompt_tokens": len(ids), "tasks": len(tasks), "samples": args.samples, "threads": torch.get_num_threads(),
+        "cold_p50_s": _percentiles(cold)[0], "cold_p95_s": _percentiles(cold)[1],
+        "next_turn_p50_s": _percentiles(nxt)[0], "next_turn_p95_s": _percentiles(nxt)[1],
+        "new_conversation_known_tasks_p50_s": _percentiles(new_conv)[0],
+        "plain_forward_p50_s": _percentiles(forward)[0],
+        "free_decoding_cold_p50_s": _percentiles(free)[0],
+    }
+    figures["constrained_over_forward"] = figures["cold_p50_s"] / figures["plain_forward_p50_s"]
+    figures["constrained_over_free"] = figures["cold_p50_s"] / figures["free_decoding_cold_p50_s"]
+    figures["next_turn_speedup_vs_cold"] = figures["cold_p50_s"] / figures["next_turn_p50_s"]
+    print(f"taskrouter bench latency — {figures['model']} adapter={figures['adapter']} strategy={strategy}, "
+          f"{len(ids)}-token prompt, {len(tasks)} tasks, {args.samples} samples, {figures['threads']} threads")
+    rows = [
+        ("cold (empty cache)", cold), ("next turn (conversation cached)", nxt),
+        ("new conversation (task list cached)", new_conv), ("free decoding, cold", free),
+        ("plain forward pass (full LM head, last position)", forward),
+    ]
+    for label, values in rows:
+        p50, p95 = _percentiles(values)
+        print(f"  {label:<50} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms")
+    print(f"  constrained answer (cold) / one plain forward      {figures['constrained_over_forward']:.2f}x")
+    print(f"  constrained (cold) / free decoding (cold)          {figures['constrained_over_free']:.2f}x")
+    print(f"  cold / next turn                                   {figures['next_turn_speedup_vs_cold']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
