@@ -1,0 +1,146 @@
+"""Build fine-tuning data: a teacher LLM writes labelled conversations (generate), a team checks them in
+the browser (review), and the checked ones are written out as router-bench JSONL (export).
+
+  taskrouter data generate --tasks tasks.json --n 200 --teacher https://host/v1 --model NAME --out synth.jsonl
+  taskrouter data review synth.jsonl --db review.sqlite --port 8090
+  taskrouter data export --db review.sqlite --out validated.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{generate,review,export}")
+
+    gen = sub.add_parser("generate", help="write synthetic labelled conversations with a teacher LLM",
+                         description="A teacher LLM writes conversations from scripted situations (one task, a "
+                         "switch, an end, no task). Malformed replies are rejected and counted, never written; "
+                         "rerunning with the same --out resumes.")
+    gen.add_argument("--tasks", required=True, help="JSON file: a list of {name, description} (or {\"tasks\": [...]})")
+    gen.add_argument("--n", type=int, default=200, help="conversations the output file should hold (default 200)")
+    gen.add_argument("--teacher", required=True,
+                     help="an OpenAI-compatible base URL (e.g. http://localhost:8000/v1) or a local model path")
+    gen.add_argument("--model", help="model name sent to an HTTP teacher (required with a URL)")
+    gen.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="environment variable holding the API key (default OPENAI_API_KEY; unset = no key)")
+    gen.add_argument("--out", required=True, help="router-bench JSONL to append to (resumed if it exists)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the scripted situations (default 0)")
+    gen.add_argument("--examples", help="router-bench JSONL whose first 2 conversations are the few-shot examples "
+                     "(default: built-in sales examples)")
+    gen.add_argument("--id-prefix", default="synth", help="conversation ids are PREFIX-00000, ... (default synth)")
+    gen.add_argument("--workers", type=int, default=1, help="parallel requests to an HTTP teacher (default 1)")
+    gen.add_argument("--max-attempts", type=int, default=3, help="teacher attempts per conversation (default 3)")
+    gen.add_argument("--max-rejects", type=int, help="stop after this many rejected replies (default max(10, n))")
+    gen.add_argument("--max-retries", type=int, default=5, help="HTTP retries on 429/5xx/timeouts (default 5)")
+    gen.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
+    gen.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout per request in seconds")
+    gen.add_argument("--temperature", type=float, default=0.9)
+    gen.add_argument("--max-tokens", type=int, default=1500, help="longest teacher reply in tokens")
+    gen.set_defaults(data_run=run_generate)
+
+    rev = sub.add_parser("review", help="serve the team review web app on a router-bench file",
+                         description="Reviewers open the page, enter a name and each gets a conversation no one "
+                         "else holds. Every decision is stored in the SQLite database at once.")
+    rev.add_argument("file", help="router-bench JSONL to review (imported into --db; rerunning adds nothing twice)")
+    rev.add_argument("--db", required=True, help="SQLite database of the review (created if missing)")
+    rev.add_argument("--port", type=int, default=8090)
+    rev.add_argument("--host", default="127.0.0.1", help="listening address (0.0.0.0 for the whole team's network)")
+    rev.add_argument("--lease-minutes", type=float, default=15.0,
+                     help="a conversation open in a tab is held this long without activity (default 15)")
+    rev.set_defaults(data_run=run_review)
+
+    exp = sub.add_parser("export", help="write the confirmed and relabelled conversations as router-bench JSONL")
+    exp.add_argument("--db", required=True, help="SQLite database of a review")
+    exp.add_argument("--out", required=True, help="router-bench JSONL to write")
+    exp.set_defaults(data_run=run_export)
+
+
+def run(args: argparse.Namespace) -> None:
+    args.data_run(args)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    """`data generate`: check the options, build the teacher, generate and print the summary."""
+    from .generate import generate, read_tasks
+    from .records import BenchRecord, describe
+    from .teacher import FatalTeacherError, make_teacher
+
+    from pydantic import ValidationError
+
+    if args.n < 1:
+        sys.exit("--n: must be at least 1")
+    try:
+        tasks = read_tasks(args.tasks)
+    except ValueError as exc:
+        sys.exit(str(exc))
+    examples = None
+    if args.examples:
+        try:
+            with open(args.examples, encoding="utf-8") as f:
+                examples = [BenchRecord.model_validate_json(line).model_dump() for _, line in zip(range(2), f)]
+        except (OSError, ValidationError) as exc:
+            sys.exit(f"--examples {args.examples}: {describe(exc) if isinstance(exc, ValidationError) else exc}")
+    try:
+        teacher = make_teacher(args.teacher, args.model, args.api_key_env, temperature=args.temperature,
+                               max_tokens=args.max_tokens,
+                               **({"timeout": args.timeout, "max_retries": args.max_retries, "backoff": args.backoff}
+                                  if args.teacher.startswith(("http://", "https://")) else {}))
+        summary = generate(tasks, teacher, Path(args.out), args.n, seed=args.seed, examples=examples,
+                           id_prefix=args.id_prefix, max_attempts=args.max_attempts, max_rejects=args.max_rejects,
+                           workers=args.workers if args.teacher.startswith(("http://", "https://")) else 1)
+    except FatalTeacherError as exc:
+        sys.exit(f"error: {exc}")
+    except OSError as exc:
+        sys.exit(f"--teacher {args.teacher}: {exc}")
+    print("\n".join(summary.lines()))
+    if summary.stopped:
+        sys.exit(1)
+
+
+def run_review(args: argparse.Namespace) -> None:
+    """`data review`: import the file into the database and serve the web app."""
+    from werkzeug.serving import run_simple
+
+    from .review import create_app
+    from .review_store import ReviewStore
+
+    store = ReviewStore(args.db, lease_seconds=args.lease_minutes * 60)
+    try:
+        added = store.import_file(args.file)
+    except (OSError, ValueError) as exc:
+        sys.exit(str(exc))
+    progress = store.progress()
+    print(f"{args.db}: {progress['total']} conversations ({added} new from {args.file}), "
+          f"{progress['decided']} decided", flush=True)
+    print(f"review at http://{args.host}:{args.port}/", flush=True)
+    run_simple(args.host, args.port, create_app(store), threaded=True)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """`data export`: write confirmed + relabelled conversations and print what was kept and skipped."""
+    from .review_store import ReviewStore
+
+    if not Path(args.db).exists():
+        sys.exit(f"--db {args.db}: no such file")
+    counts = ReviewStore(args.db).export(args.out)
+    print(json.dumps(counts))
+    print(f"wrote {counts['written']} conversations to {args.out} ({counts['confirmed']} confirmed, "
+          f"{counts['relabelled']} relabelled; skipped {counts['wrong']} wrong, {counts['later']} marked for later, "
+          f"{counts['undecided']} undecided)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m taskrouter.training.data_cli ...`: the same command without loading the other subcommands."""
+    parser = argparse.ArgumentParser(prog="taskrouter data", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""A router-bench conversation (BENCH_FORMAT.md) as a pydantic model, built on the core Task and Message.
+
+Each consistency rule raises an error whose type is a short reason code
+(`bad_turns`, `unknown_task`, `inconsistent_events`, ...), so generation can count
+rejects by reason and review/export can refuse a broken record.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from taskrouter.events import event_for
+from taskrouter.schema import Message, Task
+
+Event = Literal["start", "continue", "switch", "end", "none"]
+
+
+class Label(BaseModel):
+    """The task the user is doing after user message `turn` (None = no task) and the event it makes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    turn: int = Field(ge=0)
+    task: str | None
+    event: Event
+
+
+class BenchRecord(BaseModel):
+    """One conversation with one label per user message; events follow event_for."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: str = Field(min_length=1)
+    source: str = ""
+    tasks: list[Task] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    labels: list[Label]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BenchRecord":
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("duplicate_task", "tasks: task names must be unique")
+        if self.messages[-1].role != "user":
+            raise PydanticCustomError("last_not_user", "messages: the last message must come from the user")
+        user_turns = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        if [label.turn for label in self.labels] != user_turns:
+            raise PydanticCustomError("bad_turns", "labels: one label per user message, turns {turns}",
+                                      {"turns": user_turns})
+        previous = None
+        for label in self.labels:
+            if label.task is not None and label.task not in names:
+                raise PydanticCustomError("unknown_task", "labels: turn {turn} names unknown task {task!r}",
+                                          {"turn": label.turn, "task": label.task})
+            expected = event_for(previous, label.task)
+            if label.event != expected:
+                raise PydanticCustomError("inconsistent_events", "labels: turn {turn} event {event!r}, expected {expected!r}",
+                                          {"turn": label.turn, "event": label.event, "expected": expected})
+            previous = label.task
+        return self
+
+
+def labels_for(messages: list[dict], tasks: list[str | None]) -> list[dict]:
+    """Labels for the user messages of `messages`, one task per user message, events re-derived."""
+    user_turns = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if len(tasks) != len(user_turns):
+        raise ValueError(f"tasks: {len(tasks)} given for {len(user_turns)} user messages")
+    labels, previous = [], None
+    for turn, task in zip(user_turns, tasks):
+        labels.append({"turn": turn, "task": task, "event": event_for(previous, task)})
+        previous = task
+    return labels
+
+
+def reason_of(exc: ValidationError) -> str:
+    """The reason code of the first error: a custom type, `bad_roles` for a wrong role, else `bad_shape`."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    if err["type"] in ("duplicate_task", "last_not_user", "bad_turns", "unknown_task", "inconsistent_events"):
+        return err["type"]
+    if loc[:1] == ("messages",) and loc[-1:] == ("role",):
+        return "bad_roles"
+    return "bad_shape"
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error as `field.path: message`, for error messages that name the field at fault."""
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"])
+    return f"{path}: {err['msg']}" if path else err["msg"]

@@ -1,0 +1,128 @@
+"""Teacher LLMs that write synthetic conversations: an OpenAI-compatible chat endpoint or a local transformers model.
+
+Both take chat messages and return the reply text. The HTTP teacher retries
+429 / 5xx / timeouts / connection errors with exponential backoff and counts its
+retries, so a long generation run survives a rate-limited or flaky endpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Protocol
+
+import requests
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class TeacherError(Exception):
+    """The teacher could not answer one request (after retries): the conversation is rejected."""
+
+
+class FatalTeacherError(Exception):
+    """The teacher can never answer (bad URL, key or model): the run stops."""
+
+
+class Teacher(Protocol):
+    name: str
+    retries: int
+
+    def complete(self, messages: list[dict], seed: int) -> str:
+        """The teacher's reply to chat `messages`; `seed` makes sampling repeatable where supported."""
+
+
+class OpenAITeacher:
+    """Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, vLLM, TGI, Ollama, LM Studio...)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, temperature: float = 0.9,
+                 max_tokens: int = 1500, timeout: float = 120.0, max_retries: int = 5, backoff: float = 1.0,
+                 max_backoff: float = 60.0):
+        base = base_url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        self.name, self.model, self.api_key = model, model, api_key
+        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.retries = 0
+        self.session = requests.Session()
+
+    def complete(self, messages: list[dict], seed: int) -> str:
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "seed": seed}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        for attempt in range(self.max_retries + 1):
+            wait = self._backoff(attempt)
+            try:
+                response = self.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return _reply_text(response)
+                failure = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code not in RETRY_STATUS:
+                    raise FatalTeacherError(f"--teacher {self.url}: {failure}")
+                wait = max(wait, _retry_after(response))
+            if attempt == self.max_retries:
+                raise TeacherError(f"gave up after {self.max_retries} retries: {failure}")
+            self.retries += 1
+            time.sleep(min(wait, self.max_backoff))
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff * (2 ** attempt)
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+
+
+def _reply_text(response: requests.Response) -> str:
+    try:
+        content = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise TeacherError(f"not a chat completion: {response.text[:200]}") from None
+    if not isinstance(content, str):
+        raise TeacherError("not a chat completion: message content is not text")
+    return content
+
+
+class LocalTeacher:
+    """A local transformers causal LM (a directory or a cached hub id), sampled with its chat template."""
+
+    def __init__(self, model: str, *, temperature: float = 0.9, max_new_tokens: int = 1500):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name, self.retries = os.path.basename(model.rstrip("/")) or model, 0
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModelForCausalLM.from_pretrained(model)
+        self.model.eval()
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+
+    def complete(self, messages: list[dict], seed: int) -> str:
+        import torch
+
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                     return_dict=True)["input_ids"]
+        else:  # no template: plain role-prefixed text
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(ids, do_sample=True, temperature=self.temperature,
+                                      max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def make_teacher(teacher: str, model: str | None, api_key_env: str, **options) -> Teacher:
+    """An OpenAITeacher for an http(s) URL (needs --model), else a LocalTeacher for a model path or id."""
+    if teacher.startswith(("http://", "https://")):
+        if not model:
+            raise FatalTeacherError("--model: required with an HTTP --teacher (the endpoint's model name)")
+        return OpenAITeacher(teacher, model, os.environ.get(api_key_env), **options)
+    local = {k: v for k, v in options.items() if k == "temperature"}
+    return LocalTeacher(teacher, max_new_tokens=options.get("max_tokens", 1500), **local)
