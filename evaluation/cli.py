@@ -1,0 +1,118 @@
+"""Evaluate router configs on router-bench files: predictions, metrics.json, report.md and plots.
+
+Every config (model + adapter + strategy + decoding, named in evaluation/configs.yaml
+or given inline as NAME:key=value,...) runs over every benchmark. Requests are
+closed-loop by default (current_task = the router's own previous answer);
+--teacher-forcing sends the gold previous task instead. A run is resumable: the
+conversations already in DIR/predictions-<config>-<bench>.jsonl are not recomputed.
+With --endpoint or --sagemaker-endpoint the LLM configs are answered by a running
+server or a SageMaker endpoint (strategy, adapter and decoding are sent with each
+request; the config's model is whatever the server runs).
+
+--tune-embedding grid-searches the embedding baseline's none threshold on the
+--bench files (train splits only) and writes it to evaluation/embedding_threshold.json.
+
+Example:
+  taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench ../shared/data/clinc150/val.jsonl@2000 \\
+      --config base-zero-shot --config embedding --out runs/eval
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .benchfile import load_bench
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--bench", action="append", required=True, metavar="FILE[@N]",
+                        help="router-bench JSONL file (repeatable); FILE@N samples N conversations of this file")
+    parser.add_argument("--config", action="append", metavar="NAME", default=[],
+                        help="config name from --configs, or inline NAME:key=value,... (repeatable)")
+    parser.add_argument("--configs", default=str(Path(__file__).with_name("configs.yaml")), metavar="FILE.yaml",
+                        help="YAML file of named configs (default: evaluation/configs.yaml)")
+    parser.add_argument("--out", metavar="DIR", help="output directory (predictions, metrics.json, report.md, PNGs)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="conversations per benchmark: the first N of a seeded shuffle (default: all)")
+    parser.add_argument("--sample-seed", type=int, default=0, metavar="S", help="seed of the sampling (default 0)")
+    parser.add_argument("--teacher-forcing", action="store_true",
+                        help="current_task = the gold previous task instead of the router's previous answer")
+    remote = parser.add_mutually_exclusive_group()
+    remote.add_argument("--endpoint", metavar="URL", help="POST requests to a running server (http://host:port)")
+    remote.add_argument("--sagemaker-endpoint", metavar="NAME", help="invoke a SageMaker endpoint through boto3")
+    parser.add_argument("--region", help="AWS region for --sagemaker-endpoint (default: boto3's)")
+    parser.add_argument("--tune-embedding", action="store_true",
+                        help="tune the embedding baseline's none threshold on the --bench files instead of evaluating")
+    parser.add_argument("--threshold-file", default=None, metavar="FILE",
+                        help="where --tune-embedding writes (default evaluation/embedding_threshold.json)")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from .embedding import THRESHOLD_FILE, EmbeddingRouter, minilm_encoder, save_threshold, tune_threshold
+
+    benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
+    for bench in benches:
+        if bench.path.name.removesuffix(".jsonl") in {"dev", "val", "valid", "validation", "test"}:
+            sys.exit(f"--bench {bench.path}: tune on a train split; dev/val are for reporting, test is held out")
+    conversations = [c for b in benches for c in b.conversations]
+    threshold, accuracy, turns = tune_threshold(EmbeddingRouter(minilm_encoder(), 0.0), conversations)
+    path = Path(args.threshold_file) if args.threshold_file else THRESHOLD_FILE
+    data = [{"file": str(b.path), "conversations": len(b.conversations), "of": b.total, "limit": b.limit,
+             "sample_seed": b.seed} for b in benches]
+    save_threshold(path, threshold, accuracy, turns, data)
+    print(f"threshold {threshold:.2f} (task accuracy {accuracy:.3f} on {turns} train turns) -> {path}")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, for the report."""
+    words = ["taskrouter", "eval"]
+    for spec in args.bench:
+        words += ["--bench", spec]
+    for spec in args.config:
+        words += ["--config", spec]
+    for flag, value in (("--configs", args.configs), ("--limit", args.limit), ("--sample-seed", args.sample_seed),
+                        ("--endpoint", args.endpoint), ("--sagemaker-endpoint", args.sagemaker_endpoint),
+                        ("--region", args.region), ("--out", args.out)):
+        if value is not None and not (flag == "--configs" and Path(value) == Path(__file__).with_name("configs.yaml")):
+            words += [flag, str(value)]
+    if args.teacher_forcing:
+        words.append("--teacher-forcing")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run(args: argparse.Namespace) -> None:
+    """`taskrouter eval`: run, score and report (or tune the embedding threshold)."""
+    try:
+        if args.tune_embedding:
+            _tune(args)
+            return
+        _evaluate(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .backends import RouterPool, describe_remote, remote_router
+    from .configs import read_configs, resolve_configs
+    from .report import write_report
+    from .runner import run_all
+
+    if not args.out:
+        raise ValueError("--out DIR is required")
+    if not args.config:
+        raise ValueError("--config is required (e.g. --config base-zero-shot)")
+    configs = resolve_configs(args.config, read_configs(args.configs))
+    benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
+    names = [b.name for b in benches]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--bench: two files share the benchmark name in {names}")
+    remote = describe_remote(args.endpoint, args.sagemaker_endpoint)
+    pool = RouterPool(configs, remote_router(args.endpoint, args.sagemaker_endpoint, args.region))
+    out = Path(args.out)
+    result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote)
+    mode = ("teacher forcing" if args.teacher_forcing else "closed loop") + (f", {remote}" if remote else ", in-process")
+    write_report(out, benches, configs, result["predictions"], command_line(args), mode)
+    print(f"{result['computed_turns']} turns routed; report: {out / 'report.md'}")

@@ -1,0 +1,95 @@
+"""The metrics of BENCH_FORMAT.md, computed once from gold labels and predictions.
+
+Task accuracy counts a `null` task as the class "none"; start, end and switch
+points are each a binary problem (is this turn such a point?) with a confusion
+matrix, precision, recall and F1; none detection is the precision and recall of
+`task: null`; invalid outputs are counted; latency is p50 / p95 (numpy's linear
+interpolation) and mean per routing request. A ratio with a zero denominator is
+`None` (reported as "n/a"), never a made-up 0 or 1.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+NONE_CLASS = "none"
+POINTS = ("start", "end", "switch")
+
+
+def as_class(task: str | None) -> str:
+    """A task name, or the class "none" for `null`."""
+    return NONE_CLASS if task is None else task
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def binary_scores(gold: list[bool], pred: list[bool]) -> dict:
+    """Confusion matrix (tp, fp, fn, tn) with precision, recall and F1 of one binary decision."""
+    tp = sum(g and p for g, p in zip(gold, pred))
+    fp = sum(p and not g for g, p in zip(gold, pred))
+    fn = sum(g and not p for g, p in zip(gold, pred))
+    tn = len(gold) - tp - fp - fn
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    if precision is None or recall is None:
+        f1 = None
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1}
+
+
+def latency_stats(latencies_ms: list[float]) -> dict:
+    """p50, p95 and mean latency in milliseconds (None when there are no requests)."""
+    if not latencies_ms:
+        return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
+    values = np.asarray(latencies_ms, dtype=float)
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
+            "mean_ms": float(values.mean())}
+
+
+def pair_turns(conversations: Iterable[Mapping], predictions: Iterable[Mapping]) -> list[tuple[dict, dict]]:
+    """(gold label, prediction) for every labelled user turn; a missing or unknown prediction is an error."""
+    by_key = {}
+    for pred in predictions:
+        key = (pred["id"], pred["turn"])
+        if key in by_key:
+            raise ValueError(f"prediction for conversation {key[0]!r} turn {key[1]} appears twice")
+        by_key[key] = pred
+    pairs = []
+    for conv in conversations:
+        for label in conv["labels"]:
+            key = (conv["id"], label["turn"])
+            if key not in by_key:
+                raise ValueError(f"no prediction for conversation {key[0]!r} turn {key[1]}")
+            pairs.append((label, by_key.pop(key)))
+    if by_key:
+        conv_id, turn = next(iter(by_key))
+        raise ValueError(f"prediction for conversation {conv_id!r} turn {turn} has no gold label")
+    return pairs
+
+
+def compute_metrics(conversations: Iterable[Mapping], predictions: Iterable[Mapping]) -> dict:
+    """All BENCH_FORMAT metrics of one predictions set against its conversations' labels."""
+    pairs = pair_turns(conversations, predictions)
+    gold_tasks = [as_class(g["task"]) for g, _ in pairs]
+    pred_tasks = [as_class(p["task"]) for _, p in pairs]
+    metrics: dict = {
+        "turns": len(pairs),
+        "task_accuracy": _ratio(sum(g == p for g, p in zip(gold_tasks, pred_tasks)), len(pairs)),
+    }
+    for point in POINTS:
+        metrics[point] = binary_scores([g["event"] == point for g, _ in pairs], [p["event"] == point for _, p in pairs])
+    none = binary_scores([g == NONE_CLASS for g in gold_tasks], [p == NONE_CLASS for p in pred_tasks])
+    metrics["none"] = {"precision": none["precision"], "recall": none["recall"], "tp": none["tp"],
+                       "fp": none["fp"], "fn": none["fn"]}
+    metrics["invalid"] = sum(not p["valid"] for _, p in pairs)
+    metrics["latency"] = latency_stats([p["latency_ms"] for _, p in pairs])
+    return metrics
+
+
+def task_confusion(conversations: Iterable[Mapping], predictions: Iterable[Mapping]) -> Counter:
+    """Counts of (gold class, predicted class) over all labelled turns, for the task-selection matrix."""
+    return Counter((as_class(g["task"]), as_class(p["task"])) for g, p in pair_turns(conversations, predictions))

@@ -1,0 +1,71 @@
+"""metrics.json, report.md and the plots of an evaluation run, from its predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .benchfile import Bench
+from .configs import EvalConfig
+from .metrics import compute_metrics, task_confusion
+from .plots import plot_invalid, plot_latency, plot_points, plot_tasks
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _prf(m: dict) -> str:
+    return f"{_num(m['precision'], 2)} / {_num(m['recall'], 2)} / {_num(m['f1'], 2)}"
+
+
+def bench_tables(bench: Bench, results: dict[str, dict]) -> str:
+    """The markdown tables of one benchmark: configs as rows."""
+    lines = [f"## {bench.name}", "",
+             f"`{bench.path}`: {len(bench.conversations)} of {bench.total} conversations"
+             + (f" (sample seed {bench.seed})" if len(bench.conversations) < bench.total else ""), "",
+             "| config | turns | task acc | none P | none R | invalid | p50 ms | p95 ms | mean ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results.items():
+        lat = m["latency"]
+        lines.append(f"| {name} | {m['turns']} | {_num(m['task_accuracy'])} | {_num(m['none']['precision'])} | "
+                     f"{_num(m['none']['recall'])} | {m['invalid']} | {_num(lat['p50_ms'], 0)} | "
+                     f"{_num(lat['p95_ms'], 0)} | {_num(lat['mean_ms'], 0)} |")
+    lines += ["", "Start / end / switch points, precision / recall / F1 (gold count in brackets):", "",
+              "| config | start | end | switch |", "|---|---|---|---|"]
+    for name, m in results.items():
+        cells = [f"{_prf(m[p])} ({m[p]['tp'] + m[p]['fn']})" for p in ("start", "end", "switch")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], predictions: dict,
+                 command: str, mode: str) -> dict:
+    """Compute the metrics of every (config, bench), write metrics.json, report.md and the PNGs; return the metrics."""
+    results: dict[str, dict[str, dict]] = {}
+    for bench in benches:
+        results[bench.name] = {}
+        for config in configs:
+            preds = predictions[(config.name, bench.name)]
+            metrics = results[bench.name][config.name] = compute_metrics(bench.conversations, preds)
+            title = f"{config.name} on {bench.name}"
+            plot_points(metrics, title, out / f"points-{config.name}-{bench.name}.png")
+            plot_tasks(task_confusion(bench.conversations, preds), title, out / f"tasks-{config.name}-{bench.name}.png")
+    names = [c.name for c in configs]
+    plot_latency(results, names, out / "latency.png")
+    plot_invalid(results, names, out / "invalid.png")
+    record = {"command": command, "mode": mode,
+              "configs": {c.name: c.definition() for c in configs},
+              "benches": {b.name: {"file": str(b.path), "conversations": len(b.conversations), "total": b.total,
+                                   "limit": b.limit, "sample_seed": b.seed} for b in benches},
+              "results": results}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items() if v is not None)
+                    for c in configs]
+    parts = ["# Router evaluation", "", f"Command: `{command}`", "", f"Mode: {mode}. Latency is wall-clock per "
+             "routing request as seen by the evaluation (network included for an endpoint).", "",
+             "Configs:", *config_lines, ""]
+    parts += [bench_tables(b, results[b.name]) for b in benches]
+    parts += ["Plots: `points-<config>-<bench>.png` (start/end/switch confusion matrices), "
+              "`tasks-<config>-<bench>.png` (task selection), `latency.png`, `invalid.png`.", ""]
+    (out / "report.md").write_text("\n".join(parts))
+    return record

@@ -1,0 +1,171 @@
+"""`taskrouter eval` end to end on the tiny model: files, resumability, closed loop vs teacher forcing, remote modes."""
+import io
+import json
+import threading
+
+import pytest
+
+from taskrouter.cli import main
+from taskrouter.evaluation.backends import HttpRouter, RouterPool, SageMakerRouter
+from taskrouter.evaluation.benchfile import load_bench
+from taskrouter.evaluation.configs import EvalConfig, parse_inline, read_configs, resolve_configs
+from taskrouter.evaluation.runner import read_predictions, route_conversation, run_all
+from taskrouter.schema import Candidate, RouteAnswer
+
+TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
+         {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
+         {"name": "prepare_a_quote", "description": "Prepare a price quote"}]
+PREDICTION_KEYS = ["id", "turn", "task", "event", "latency_ms", "valid"]
+
+
+def conversation(cid, turns):
+    messages, labels, previous = [], [], None
+    for i, (text, task) in enumerate(turns):
+        if i:
+            messages.append({"role": "assistant", "content": "Sure, here it is."})
+        labels.append({"turn": len(messages), "task": task,
+                       "event": ("none" if task is None else "start") if previous is None else
+                       ("end" if task is None else "continue" if task == previous else "switch")})
+        messages.append({"role": "user", "content": text})
+        previous = task
+    return {"id": cid, "source": "test", "tasks": TASKS, "messages": messages, "labels": labels}
+
+
+CONVERSATIONS = [
+    conversation("c1", [("Write a recap of the ACME meeting.", "meeting_recap"), ("Thanks, that's all.", None)]),
+    conversation("c2", [("Send a follow-up email to Dana.", "follow_up_email"),
+                        ("Actually, prepare a quote for her first.", "prepare_a_quote")]),
+    conversation("c3", [("What's the weather in Lyon?", None)]),
+]
+
+
+@pytest.fixture
+def bench_file(tmp_path):
+    path = tmp_path / "mini.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
+    return path
+
+
+def test_eval_end_to_end_then_resume(tiny_dir, bench_file, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["eval", "--bench", str(bench_file), "--config", f"tiny:model={tiny_dir}",
+            "--config", f"tiny-free:model={tiny_dir},decoding=free", "--out", str(out)]
+    main(argv)
+    assert "10 turns routed" in capsys.readouterr().out
+    for name in ("tiny", "tiny-free"):
+        lines = [json.loads(x) for x in (out / f"predictions-{name}-mini.jsonl").read_text().splitlines()]
+        assert [(p["id"], p["turn"]) for p in lines] == [("c1", 0), ("c1", 2), ("c2", 0), ("c2", 2), ("c3", 0)]
+        assert all(list(p) == PREDICTION_KEYS for p in lines)
+        assert all(p["task"] in {None, "meeting_recap", "follow_up_email", "prepare_a_quote"} for p in lines)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["results"]["mini"]["tiny"]["turns"] == 5 and metrics["results"]["mini"]["tiny"]["invalid"] == 0
+    report = (out / "report.md").read_text()
+    assert "| tiny |" in report and "| tiny-free |" in report and "## mini" in report
+    for png in ("latency.png", "invalid.png", "points-tiny-mini.png", "tasks-tiny-free-mini.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    before = {p.name: p.read_text() for p in out.glob("predictions-*")}
+
+    def no_router(self, config):
+        raise AssertionError("a resumed run must not route anything")
+
+    monkeypatch.setattr(RouterPool, "get", no_router)
+    main(argv)
+    assert "0 turns routed" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in out.glob("predictions-*")} == before
+    with pytest.raises(SystemExit, match="config 'tiny' changed"):
+        main(["eval", "--bench", str(bench_file), "--config", f"tiny:model={tiny_dir},strategy=react", "--out", str(out)])
+
+
+def test_interrupted_run_recomputes_only_the_partial_conversation(tmp_path):
+    conversations = CONVERSATIONS
+    path = tmp_path / "p.jsonl"
+    full = [{"id": "c1", "turn": 0}, {"id": "c1", "turn": 2}, {"id": "c2", "turn": 0}]
+    path.write_text("".join(json.dumps(p) + "\n" for p in full) + '{"id": "c2", "tu')
+    done = read_predictions(path, conversations)
+    assert list(done) == ["c1"]
+    assert len(path.read_text().splitlines()) == 2
+
+
+class ScriptedRouter:
+    """Answers a fixed task sequence and records the current_task of every request."""
+
+    def __init__(self, answers):
+        self.answers, self.seen = list(answers), []
+
+    def route(self, request):
+        self.seen.append(request.current_task)
+        task = self.answers.pop(0)
+        return RouteAnswer(task=task, event="none", confidence=1.0, candidates=[Candidate(task=task, p=1.0)],
+                           model="m", adapter=None, strategy="zero_shot")
+
+
+def test_closed_loop_sends_own_previous_answer_teacher_forcing_the_gold():
+    conv = conversation("x", [("recap please", "meeting_recap"), ("now a quote", "prepare_a_quote"),
+                              ("and the email", "follow_up_email")])
+    config = EvalConfig(name="c")
+    closed = ScriptedRouter(["follow_up_email", "none", "meeting_recap"])
+    preds = route_conversation(closed, conv, config)
+    assert closed.seen == [None, "follow_up_email", None]
+    assert [p["event"] for p in preds] == ["start", "end", "start"]
+    forced = ScriptedRouter(["follow_up_email", "none", "meeting_recap"])
+    preds = route_conversation(forced, conv, config, teacher_forcing=True)
+    assert forced.seen == [None, "meeting_recap", "prepare_a_quote"]
+    assert [p["event"] for p in preds] == ["start", "end", "switch"]
+
+
+def test_an_answer_outside_the_list_is_invalid_none():
+    conv = conversation("x", [("recap please", "meeting_recap")])
+    preds = route_conversation(ScriptedRouter(["book_flight"]), conv, EvalConfig(name="c"))
+    assert preds[0]["task"] is None and preds[0]["valid"] is False
+
+
+def test_shipped_configs_and_inline_configs():
+    configs = read_configs()
+    assert {"base-zero-shot", "base-zero-shot-free", "base-few-shot-cot", "base-react", "adapter", "embedding"} <= set(configs)
+    assert configs["base-zero-shot-free"].decoding == "free" and configs["embedding"].kind == "embedding"
+    assert parse_inline("x:strategy=react,adapter=none").definition()["strategy"] == "react"
+    with pytest.raises(ValueError, match="field 'decoding'"):
+        parse_inline("x:decoding=greedy")
+    with pytest.raises(ValueError, match="unknown config"):
+        resolve_configs(["nope"], configs)
+
+
+def test_http_endpoint_mode_matches_in_process(tiny_dir, tiny_router, bench_file, tmp_path):
+    from werkzeug.serving import make_server
+
+    from taskrouter.serving.app import create_app
+
+    server = make_server("127.0.0.1", 0, create_app(str(tiny_dir), load_async=False), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        bench = load_bench(str(bench_file))
+        config = EvalConfig(name="tiny", model=str(tiny_dir))
+        remote = run_all([bench], [config], tmp_path / "remote", RouterPool([config], HttpRouter(
+            f"http://127.0.0.1:{server.server_port}")), remote="http", progress=False)
+    finally:
+        server.shutdown()
+    local = [route_conversation(tiny_router, conv, config) for conv in bench.conversations]
+    tasks = lambda preds: [(p["id"], p["turn"], p["task"], p["event"]) for p in preds]  # noqa: E731
+    assert tasks(remote["predictions"][("tiny", "mini")]) == tasks([p for conv in local for p in conv])
+
+
+def test_sagemaker_endpoint_mode_with_stubber():
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import ANY, Stubber
+
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    answer = {"task": "meeting_recap", "event": "start", "confidence": 0.9,
+              "candidates": [{"task": "meeting_recap", "p": 0.9}], "model": "m", "adapter": None,
+              "strategy": "zero_shot", "latency_ms": 5.0}
+    body = json.dumps(answer).encode()
+    with Stubber(client) as stub:
+        stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)),
+                                              "ContentType": "application/json"},
+                          {"EndpointName": "router-ep", "ContentType": "application/json",
+                           "Accept": "application/json", "Body": ANY})
+        preds = route_conversation(SageMakerRouter("router-ep", client=client),
+                                   conversation("s", [("recap", "meeting_recap")]), EvalConfig(name="c"))
+        stub.assert_no_pending_responses()
+    assert preds[0]["task"] == "meeting_recap" and preds[0]["event"] == "start" and preds[0]["valid"]
