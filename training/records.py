@@ -50,11 +50,11 @@ class BenchRecord(BaseModel):
         previous = None
         for label in self.labels:
             if label.task is not None and label.task not in names:
-                raise PydanticCustomError("unknown_task", "labels: turn {turn} names unknown task {task!r}",
+                raise PydanticCustomError("unknown_task", "labels: turn {turn} names unknown task '{task}'",
                                           {"turn": label.turn, "task": label.task})
             expected = event_for(previous, label.task)
             if label.event != expected:
-                raise PydanticCustomError("inconsistent_events", "labels: turn {turn} event {event!r}, expected {expected!r}",
+                raise PydanticCustomError("inconsistent_events", "labels: turn {turn} event '{event}', expected '{expected}'",
                                           {"turn": label.turn, "event": label.event, "expected": expected})
             previous = label.task
         return self

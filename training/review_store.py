@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,17 @@ CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, conv_id T
 """
 
 
+# threads of one process queue on a lock per database rather than on SQLite's polling busy handler,
+# which can starve a waiting thread while another keeps writing
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(os.path.realpath(path), threading.Lock())
+
+
 class Conflict(Exception):
     """Another reviewer holds the conversation."""
 
@@ -42,6 +54,7 @@ class ReviewStore:
 
     def __init__(self, path: str | Path, lease_seconds: float = 900.0):
         self.path, self.lease_seconds = str(path), lease_seconds
+        self._lock = _process_lock(self.path)
         with self._tx() as db:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 db.execute(statement)
@@ -49,20 +62,21 @@ class ReviewStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front (BEGIN IMMEDIATE) so read-then-write steps are atomic."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("BEGIN IMMEDIATE")
+        with self._lock:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                db.close()
 
     def import_file(self, path: str | Path) -> int:
         """Add the conversations of a router-bench file (each checked); ids already present are kept as they are."""
