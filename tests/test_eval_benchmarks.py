@@ -1,0 +1,35 @@
+"""The shipped sales benchmark follows BENCH_FORMAT.md and covers what the issue asks for."""
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from taskrouter.evaluation.benchfile import read_conversations
+
+SALES = Path(__file__).resolve().parents[1] / "evaluation" / "benchmarks" / "sales.jsonl"
+SEED_TASKS = {"answer_to_a_prospect", "follow_up_email", "meeting_recap", "post_deal_appreciation_and_resource_sharing",
+              "prepare_a_quote", "qualify_leads", "respond_to_customer_request"}
+
+
+@pytest.fixture(scope="module")
+def sales():
+    return read_conversations(SALES)  # raises on inconsistent events, unknown names, wrong turn indices
+
+
+def test_sales_is_valid_and_large_enough(sales):
+    assert len(sales) >= 60
+    assert len({c["id"] for c in sales}) == len(sales)
+    for conv in sales:
+        assert any(m["role"] == "assistant" for m in conv["messages"]), conv["id"]
+        assert any(label["event"] == "start" for label in conv["labels"]), f"{conv['id']} has no start point"
+        assert all(t["description"] for t in conv["tasks"]), conv["id"]
+
+
+def test_sales_covers_switches_ends_none_and_varied_task_lists(sales):
+    events = Counter(label["event"] for conv in sales for label in conv["labels"])
+    assert events["switch"] >= 20 and events["end"] >= 20 and events["none"] >= 10
+    lists = {tuple(t["name"] for t in conv["tasks"]) for conv in sales}
+    assert len(lists) >= 4
+    names = {t["name"] for conv in sales for t in conv["tasks"]}
+    assert SEED_TASKS <= names and names - SEED_TASKS  # renamed or added tasks appear
+    assert any(SEED_TASKS - {t["name"] for t in conv["tasks"]} for conv in sales)  # removed or renamed tasks
