@@ -86,6 +86,7 @@ def aws_errors() -> Iterator[None]:
     except ClientError as exc:
         error, op = exc.response.get("Error", {}), exc.operation_name
         message = error.get("Message") or str(exc)
+        message = message if len(message) <= 400 else message[:400] + "..."
         hint = " (check --role: SageMaker must be able to assume it)" if "role" in message.lower() else ""
         raise DeployError(f"{op}: {error.get('Code', 'error')}: {message}{hint}") from None
     except BotoCoreError as exc:
