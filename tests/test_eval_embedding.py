@@ -61,3 +61,13 @@ def test_tune_threshold_on_labelled_turns():
                        {"turn": 2, "task": None, "event": "end"}]}
     threshold, accuracy, turns = tune_threshold(EmbeddingRouter(KeywordEncoder(), 0.0), [conv])
     assert turns == 2 and accuracy == 1.0 and 0.1 < threshold <= 0.8
+
+
+def test_tuning_refuses_reporting_and_test_splits(tmp_path):
+    from taskrouter.cli import main
+
+    path = tmp_path / "clinc150" / "val.jsonl"
+    path.parent.mkdir()
+    path.write_text("")
+    with pytest.raises(SystemExit, match="tune on a train split"):
+        main(["eval", "--tune-embedding", "--bench", str(path)])
