@@ -50,6 +50,26 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), p95
 
 
+def _outlines_baseline(router, requests, strategy: str) -> dict:
+    """The same choice made by outlines' constrained generation (Literal over the names), for comparison."""
+    from typing import Literal
+
+    import outlines
+
+    from taskrouter.prompts import build_prompt
+
+    model = outlines.from_transformers(router.loaded.model, router.loaded.tokenizer)
+    times = []
+    for req in requests:
+        text = "".join(build_prompt(strategy, req.tasks, req.messages, req.current_task).segments)
+        choice = Literal[tuple(req.task_names + ["none"])]
+        start = time.perf_counter()
+        with torch.inference_mode(), router.loaded.use_adapter(router.default_adapter):
+            model(text, choice, max_new_tokens=24)
+        times.append(time.perf_counter() - start)
+    return {"outlines_first_call_s": times[0], "outlines_steady_p50_s": statistics.median(times[1:] or times)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["latency"], help="latency: cold, next-turn and constrained-vs-forward figures")
     parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model and its adapters)")
@@ -57,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=10, help="requests per measured figure (default 10)")
     parser.add_argument("--turns", type=int, default=5, help="user turns in the measured request (default 5)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--no-outlines", action="store_true",
+                        help="skip the outlines baseline (its first call indexes the whole vocabulary)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -108,6 +130,9 @@ def run(args: argparse.Namespace) -> None:
         "plain_forward_p50_s": _percentiles(forward)[0],
         "free_decoding_cold_p50_s": _percentiles(free)[0],
     }
+    if not args.no_outlines:
+        figures.update(_outlines_baseline(router, [request(3000 + i, args.turns) for i in range(args.samples)], strategy))
+        figures["outlines_over_constrained"] = figures["outlines_steady_p50_s"] / figures["cold_p50_s"]
     figures["constrained_over_forward"] = figures["cold_p50_s"] / figures["plain_forward_p50_s"]
     figures["constrained_over_free"] = figures["cold_p50_s"] / figures["free_decoding_cold_p50_s"]
     figures["next_turn_speedup_vs_cold"] = figures["cold_p50_s"] / figures["next_turn_p50_s"]
@@ -121,6 +146,10 @@ def run(args: argparse.Namespace) -> None:
     for label, values in rows:
         p50, p95 = _percentiles(values)
         print(f"  {label:<50} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms")
+    if "outlines_first_call_s" in figures:
+        print(f"  {'outlines Literal choice, first call (vocabulary index)':<50} {figures['outlines_first_call_s']:9.1f} s")
+        print(f"  {'outlines Literal choice, later calls':<50} p50 {figures['outlines_steady_p50_s'] * 1000:7.1f} ms")
+        print(f"  outlines (later calls) / constrained scorer (cold) {figures['outlines_over_constrained']:.2f}x")
     print(f"  constrained answer (cold) / one plain forward      {figures['constrained_over_forward']:.2f}x")
     print(f"  constrained (cold) / free decoding (cold)          {figures['constrained_over_free']:.2f}x")
     print(f"  cold / next turn                                   {figures['next_turn_speedup_vs_cold']:.2f}x")
