@@ -35,7 +35,26 @@ def bench_tables(bench: Bench, results: dict[str, dict]) -> str:
     for name, m in results.items():
         cells = [f"{_prf(m[p])} ({m[p]['tp'] + m[p]['fn']})" for p in ("start", "end", "switch")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(results) > 1:
+        lines += ["", "Best config per measure: " + "; ".join(f"{label}: {winner}" for label, winner in leaders(results)) + "."]
     return "\n".join(lines) + "\n"
+
+
+MEASURES = [("task accuracy", lambda m: m["task_accuracy"], max), ("none recall", lambda m: m["none"]["recall"], max),
+            ("start F1", lambda m: m["start"]["f1"], max), ("end F1", lambda m: m["end"]["f1"], max),
+            ("switch F1", lambda m: m["switch"]["f1"], max), ("p50 latency", lambda m: m["latency"]["p50_ms"], min)]
+
+
+def leaders(results: dict[str, dict]) -> list[tuple[str, str]]:
+    """For each headline measure, the config(s) with the best value (ties listed together), so the report
+    says at a glance where the LLM router beats the embedding baseline and where not."""
+    out = []
+    for label, get, best in MEASURES:
+        values = {name: get(m) for name, m in results.items() if get(m) is not None}
+        if values:
+            target = best(values.values())
+            out.append((label, ", ".join(n for n, v in values.items() if abs(v - target) < 1e-9)))
+    return out
 
 
 def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], predictions: dict,

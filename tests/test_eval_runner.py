@@ -61,6 +61,7 @@ def test_eval_end_to_end_then_resume(tiny_dir, bench_file, tmp_path, capsys, mon
     assert metrics["results"]["mini"]["tiny"]["turns"] == 5 and metrics["results"]["mini"]["tiny"]["invalid"] == 0
     report = (out / "report.md").read_text()
     assert "| tiny |" in report and "| tiny-free |" in report and "## mini" in report
+    assert "Best config per measure: task accuracy:" in report
     for png in ("latency.png", "invalid.png", "points-tiny-mini.png", "tasks-tiny-free-mini.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     before = {p.name: p.read_text() for p in out.glob("predictions-*")}
