@@ -54,6 +54,7 @@ class BuildResult:
     size: int
     manifest: dict
     seconds: float
+    phases: dict[str, float]  # seconds spent writing the base weights and compressing the archive
 
 
 def read_adapter(adapters_dir: Path, name: str) -> Adapter:
@@ -190,7 +191,9 @@ def build(
     target.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=target))
     try:
+        phase = time.perf_counter()
         write_base(source_dir, stage, quantization)
+        phases = {"weights": time.perf_counter() - phase}
         (stage / "taskrouter.json").write_text(json.dumps({"base_model": wanted, "quantization": quantization},
                                                           indent=2, sort_keys=True) + "\n")
         for adapter in adapters:
@@ -205,10 +208,12 @@ def build(
         })
         write_manifest(stage, manifest)
         archive = target / "model.tar.gz"
+        phase = time.perf_counter()
         digest = write_archive(stage, archive, compresslevel, progress(sum(f["size"] for f in manifest["files"].values()))
                                if progress else None)
+        phases["archive"] = time.perf_counter() - phase
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (target / "model.tar.gz.sha256").write_text(f"{digest}  model.tar.gz\n")
-    return BuildResult(archive, digest, archive.stat().st_size, manifest, time.perf_counter() - started)
+    return BuildResult(archive, digest, archive.stat().st_size, manifest, time.perf_counter() - started, phases)

@@ -73,7 +73,8 @@ def run_build(args: argparse.Namespace) -> None:
     print(f"{result.archive}: {_size(result.size)} ({len(files)} files, {_size(sum(f['size'] for f in files.values()))} "
           f"unpacked), base {result.manifest['base_model']} {result.manifest['quantization']}, "
           f"adapters: {', '.join(result.manifest['adapters']) or 'none'}")
-    print(f"sha256 {result.sha256}  built in {result.seconds:.1f} s; manifest: {result.archive.with_name('MANIFEST.json')}")
+    print(f"sha256 {result.sha256}  built in {result.seconds:.1f} s (weights {result.phases['weights']:.1f} s, "
+          f"archive {result.phases['archive']:.1f} s); manifest: {result.archive.with_name('MANIFEST.json')}")
 
 
 def add_verify(sub) -> None:
@@ -124,7 +125,7 @@ def add_deploy(sub) -> None:
     p.add_argument("--prefix", default="taskrouter", help="S3 key prefix (default: taskrouter)")
     p.add_argument("--instance-type", default="ml.g5.xlarge", help="instance type (default ml.g5.xlarge: 1 A10G GPU)")
     p.add_argument("--image-uri", help="container image (default: the Hugging Face PyTorch inference DLC of the region; "
-                                       "see taskrouter/packaging/images.py)")
+                                       "table in packaging/images.py)")
     p.add_argument("--min-instances", type=int, help="auto scaling: minimum instances (also the initial count)")
     p.add_argument("--max-instances", type=int, help="auto scaling: maximum instances")
     p.add_argument("--target-invocations", type=float, default=100.0,
