@@ -94,6 +94,11 @@ class RouterPool:
         self.configs = configs
         self.remote = remote
         self._routers: dict[str, RouterLike] = {}
+        if remote is None:  # fail before any work when a model or adapter is missing
+            for config in configs:
+                if config.kind == "llm" and config.model != "embedded" and not Path(config.model).is_dir():
+                    raise FileNotFoundError(f"config {config.name}: model {config.model!r} is not a directory")
+                self._adapters_for(config.model)
 
     def _adapters_for(self, model: str) -> dict[str, Path]:
         from taskrouter.loading import find_adapters

@@ -88,7 +88,7 @@ def sample(conversations: list[dict], limit: int | None, seed: int) -> list[dict
 
 def load_bench(spec: str, limit: int | None = None, seed: int = 0) -> Bench:
     """Load `PATH` or `PATH@N` (N overrides `limit` for this file) and sample it."""
-    path_text, _, own_limit = spec.partition("@") if "@" in Path(spec).name else (spec, "", "")
+    path_text, _, own_limit = spec.rpartition("@") if "@" in Path(spec).name else (spec, "", "")
     if own_limit:
         if not own_limit.isdigit():
             raise ValueError(f"--bench {spec}: the limit after @ must be a number")

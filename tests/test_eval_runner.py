@@ -170,3 +170,12 @@ def test_sagemaker_endpoint_mode_with_stubber():
                                    conversation("s", [("recap", "meeting_recap")]), EvalConfig(name="c"))
         stub.assert_no_pending_responses()
     assert preds[0]["task"] == "meeting_recap" and preds[0]["event"] == "start" and preds[0]["valid"]
+
+
+def test_missing_adapter_or_model_fails_before_any_work(tiny_dir, bench_file, tmp_path):
+    base = ["eval", "--bench", str(bench_file), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"config a: adapter\(s\) nope not found"):
+        main(base + ["--config", f"a:model={tiny_dir},adapter=nope,strategy=adapter"])
+    with pytest.raises(SystemExit, match="config m: model '/no/such' is not a directory"):
+        main(base + ["--config", "m:model=/no/such"])
+    assert not list((tmp_path / "o").glob("predictions-*"))
