@@ -76,7 +76,9 @@ def command_line(args: argparse.Namespace) -> str:
     for flag, value in (("--configs", args.configs), ("--limit", args.limit), ("--sample-seed", args.sample_seed),
                         ("--endpoint", args.endpoint), ("--sagemaker-endpoint", args.sagemaker_endpoint),
                         ("--region", args.region), ("--out", args.out)):
-        if value is not None and not (flag == "--configs" and Path(value) == Path(__file__).with_name("configs.yaml")):
+        default = (flag == "--configs" and Path(value) == Path(__file__).with_name("configs.yaml")) or (
+            flag == "--sample-seed" and not args.limit and not any("@" in Path(b).name for b in args.bench))
+        if value is not None and not default:
             words += [flag, str(value)]
     if args.teacher_forcing:
         words.append("--teacher-forcing")

@@ -5,7 +5,8 @@ points are each a binary problem (is this turn such a point?) with a confusion
 matrix, precision, recall and F1; none detection is the precision and recall of
 `task: null`; invalid outputs are counted; latency is p50 / p95 (numpy's linear
 interpolation) and mean per routing request. A ratio with a zero denominator is
-`None` (reported as "n/a"), never a made-up 0 or 1.
+`None` (reported as "n/a"), never a made-up 0 or 1; F1 is 2tp / (2tp + fp + fn), so
+it is 0 when a point exists or is predicted but never hit.
 """
 from __future__ import annotations
 
@@ -34,10 +35,7 @@ def binary_scores(gold: list[bool], pred: list[bool]) -> dict:
     fn = sum(g and not p for g, p in zip(gold, pred))
     tn = len(gold) - tp - fp - fn
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    if precision is None or recall is None:
-        f1 = None
-    else:
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)  # the harmonic mean of P and R; 0 when points exist but none is hit
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1}
 
 

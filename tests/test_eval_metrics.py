@@ -51,7 +51,8 @@ def test_null_task_counts_as_class_none():
 def test_undefined_ratios_are_none_not_zero():
     scores = binary_scores([False, False], [False, False])
     assert scores["precision"] is None and scores["recall"] is None and scores["f1"] is None and scores["tn"] == 2
-    assert binary_scores([True], [False])["precision"] is None and binary_scores([True], [False])["recall"] == 0.0
+    missed = binary_scores([True], [False])
+    assert missed["precision"] is None and missed["recall"] == 0.0 and missed["f1"] == 0.0
     assert latency_stats([]) == {"p50_ms": None, "p95_ms": None, "mean_ms": None}
 
 
