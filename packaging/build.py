@@ -66,8 +66,9 @@ def read_adapter(adapters_dir: Path, name: str) -> Adapter:
                          f"{', '.join(known) or 'none'})")
     manifest = json.loads((path / MANIFEST).read_text())
     if not (path / "adapter_config.json").exists() or not any((path / w).exists() for w in WEIGHT_FILES):
+        how = "with the train_command in its router.json" if manifest.get("train_command") else "with taskrouter train"
         raise BuildError(f"--adapter {name}: {path} has a manifest but no trained weights "
-                         f"(adapter_config.json + adapter_model.safetensors); train it first "
+                         f"(adapter_config.json + adapter_model.safetensors); train it first {how} "
                          f"(base {manifest.get('base_model')!r}, quantization {manifest.get('quantization')!r})")
     return Adapter(name, path, manifest)
 
