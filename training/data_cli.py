@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout per request in seconds")
     gen.add_argument("--temperature", type=float, default=0.9)
     gen.add_argument("--max-tokens", type=int, default=1500, help="longest teacher reply in tokens")
+    gen.add_argument("--show-prompt", action="store_true",
+                     help="print the teacher chat of the first conversation slot and exit (no teacher call)")
     gen.set_defaults(data_run=run_generate)
 
     rev = sub.add_parser("review", help="serve the team review web app on a router-bench file",
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     """`data generate`: check the options, build the teacher, generate and print the summary."""
-    from .generate import generate, read_tasks
+    from .generate import EXAMPLES, chat_messages, generate, plan_for, read_tasks
     from .records import BenchRecord, describe
     from .teacher import FatalTeacherError, make_teacher
 
@@ -85,6 +87,10 @@ def run_generate(args: argparse.Namespace) -> None:
                 examples = [BenchRecord.model_validate_json(line).model_dump() for _, line in zip(range(2), f)]
         except (OSError, ValidationError) as exc:
             sys.exit(f"--examples {args.examples}: {describe(exc) if isinstance(exc, ValidationError) else exc}")
+    if args.show_prompt:
+        for message in chat_messages(plan_for(0, args.seed, tasks), tasks, examples or EXAMPLES):
+            print(f"--- {message['role']}\n{message['content']}")
+        return
     try:
         teacher = make_teacher(args.teacher, args.model, args.api_key_env, temperature=args.temperature,
                                max_tokens=args.max_tokens,
