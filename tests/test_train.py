@@ -1,0 +1,152 @@
+"""`taskrouter train` on tiny models: loss falls, the adapter loads and routes, resume, Falcon, SageMaker via moto."""
+import json
+import shlex
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+
+from taskrouter.cli import build_parser, main
+from taskrouter.loading import load_model
+from taskrouter.router import Router
+from taskrouter.schema import parse_request
+from taskrouter.training.examples import encode_example
+from taskrouter.training.train import answer_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
+         {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"}]
+MESSAGES = [{"role": "user", "content": "Please write a recap of the meeting with ACME."}]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """One single-turn conversation: every example repeats the same answer."""
+    path = tmp_path_factory.mktemp("data") / "one.jsonl"
+    path.write_text(json.dumps({"id": "c1", "tasks": TASKS, "messages": MESSAGES,
+                                "labels": [{"turn": 0, "task": "follow_up_email", "event": "start"}]}) + "\n")
+    return path
+
+
+def train(*argv) -> dict:
+    main(["train", *map(str, argv), "--threads", "1"])
+    out = Path(argv[argv.index("--out") + 1])
+    return json.loads((out / "router.json").read_text())
+
+
+def loss_on(model_dir: Path, adapter_dir: Path | None) -> float:
+    loaded = load_model(str(model_dir), {"a": adapter_dir} if adapter_dir else None)
+    example = encode_example(loaded.tokenizer, TASKS, MESSAGES, None, "follow_up_email", 1024)
+    with torch.no_grad():
+        return answer_loss(loaded.model, example, loaded.device).item()
+
+
+def route(model_dir: Path, adapter_dir: Path) -> dict:
+    router = Router(load_model(str(model_dir), {"a": adapter_dir}))
+    answer = router.route(parse_request({"messages": MESSAGES, "tasks": TASKS, "strategy": "adapter"}))
+    return answer.model_dump()
+
+
+def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data, tmp_path):
+    out = tmp_path / "adapters" / "tiny-router"
+    manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 3, "--grad-accum", 1,
+                     "--lr", 0.02, "--dev", data, "--dev-turns", 1)
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    assert manifest["name"] == "tiny-router" and manifest["base_model"] == "tiny-gemma3"
+    assert manifest["prompt_format"] == "adapter" and manifest["quantization"] == "none"
+    assert manifest["training"]["optimizer_steps"] == 3
+    assert manifest["training_data"]["examples"]["by_event"] == {"start": 3}
+    assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
+    assert build_parser().parse_args(shlex.split(manifest["train_command"])[1:]).rank == 8
+    assert loss_on(tiny_dir, out) < loss_on(tiny_dir, None) - 0.1
+    answer = route(tiny_dir, out)
+    assert answer["adapter"] == "a" and answer["strategy"] == "adapter" and answer["task"] in {"meeting_recap",
+                                                                                               "follow_up_email", "none"}
+
+
+def test_resume_continues_from_the_latest_checkpoint(tiny_dir, data, tmp_path, capsys):
+    out, checkpoints = tmp_path / "resumed", tmp_path / "ckpt"
+    common = ["--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 4, "--grad-accum", 1,
+              "--save-every", 1, "--checkpoint-dir", checkpoints]
+    stopped = train(*common, "--time-budget", 0)  # out of time after the first example: saves and stops
+    assert stopped["training"]["stopped_by_time_budget"] and stopped["training"]["examples_seen"] == 1
+    assert (checkpoints / "step-000001" / "state.json").exists()
+    resumed = train(*common, "--resume")
+    assert "resuming from" in capsys.readouterr().out
+    assert resumed["training"]["examples_seen"] == 4 and resumed["training"]["optimizer_steps"] == 4
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000003", "step-000004"]  # only the latest kept
+    with pytest.raises(SystemExit, match="other data or options"):
+        train(*common[:-6], "--max-examples", 5, "--grad-accum", 1, "--save-every", 1, "--checkpoint-dir",
+              checkpoints, "--resume")
+
+
+def test_falcon_lora_on_query_key_value_trains_and_serves(tiny_falcon_dir, data, tmp_path):
+    out = tmp_path / "falcon-adapter"
+    manifest = train("--base", tiny_falcon_dir, "--data", data, "--out", out, "--max-examples", 2, "--grad-accum", 1,
+                     "--target-modules", "query_key_value")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["query_key_value"]
+    assert manifest["base_model"] == "tiny-falcon"
+    answer = route(tiny_falcon_dir, out)
+    assert answer["strategy"] == "adapter" and answer["valid"]
+
+
+def test_bad_target_modules_and_balance_are_named(tiny_dir, data, tmp_path):
+    with pytest.raises(SystemExit, match="--target-modules"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--target-modules", "no_such_layer")
+    with pytest.raises(SystemExit, match="--balance: unknown event 'begin'"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--balance", "begin=1")
+
+
+def test_falcon7b_manifest_holds_the_gpu_command():
+    folder = ROOT / "model_artifacts" / "adapters" / "falcon7b-qlora"
+    manifest = json.loads((folder / "router.json").read_text())
+    assert manifest["base_model"] == "tiiuae/falcon-7b" and manifest["quantization"] == "nf4"
+    args = build_parser().parse_args(shlex.split(manifest["train_command"])[1:])
+    assert args.base == "tiiuae/falcon-7b" and args.target_modules == "query_key_value"
+    assert Path(args.out).name == "falcon7b-qlora"
+    assert manifest["train_command"] in (folder / "README.md").read_text()
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="taskrouter-train")
+        yield
+
+
+def test_sagemaker_launches_the_same_training_as_a_job(aws, data, capsys):
+    main(["train", "--base", "tiiuae/falcon-7b", "--data", str(data), "--out", "model_artifacts/adapters/falcon7b-qlora",
+          "--target-modules", "query_key_value", "--rank", "16", "--sagemaker", "--sagemaker-bucket", "taskrouter-train",
+          "--sagemaker-role", "arn:aws:iam::123456789012:role/SageMakerTraining"])
+    sagemaker = boto3.client("sagemaker")
+    [summary] = sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    job = sagemaker.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+    assert job["AlgorithmSpecification"]["TrainingImage"].startswith(
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:")
+    assert job["RoleArn"].endswith("role/SageMakerTraining")
+    args = json.loads(job["HyperParameters"]["train_args"])
+    assert args[:4] == ["--base", "tiiuae/falcon-7b", "--data", "/opt/ml/input/data/train/one.jsonl"]
+    assert args[args.index("--target-modules") + 1] == "query_key_value" and "--resume" in args
+    assert json.loads(job["HyperParameters"]["sagemaker_program"]) == "train_entry.py"
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="taskrouter-train")["Contents"]]
+    assert any(k.endswith("/train/one.jsonl") for k in keys) and any(k.endswith("sourcedir.tar.gz") for k in keys)
+    assert summary["TrainingJobName"] in capsys.readouterr().out
+
+
+def test_sagemaker_without_role_or_bucket_says_what_is_missing(aws, data, capsys):
+    common = ["train", "--data", str(data), "--out", "x", "--sagemaker"]
+    with pytest.raises(SystemExit) as missing_role:
+        main([*common, "--sagemaker-bucket", "taskrouter-train"])
+    assert "--sagemaker-role" in str(missing_role.value.code)
+    with pytest.raises(SystemExit) as missing_bucket:
+        main([*common, "--sagemaker-role", "arn:aws:iam::123456789012:role/R", "--sagemaker-bucket", "no-such-bucket"])
+    assert "no-such-bucket" in str(missing_bucket.value.code) or "NoSuchBucket" in str(missing_bucket.value.code)
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,362 @@
+"""Train a LoRA adapter for the `adapter` prompt format on router-bench conversations.
+
+One example per labelled user turn, balanced over start / continue / switch /
+end / none and augmented (see training/examples.py); the prompt is built by the
+router's own prompt code, and the loss covers only the answer tokens. On CUDA
+the base is loaded in 4-bit NF4 (QLoRA, paged AdamW from bitsandbytes); on CPU
+LoRA trains on a float32 base. Checkpoints are written as training goes and
+`--resume` continues from the latest. The result is a peft adapter plus the
+`router.json` manifest the server reads (base model, prompt format, data,
+hyper-parameters, dev accuracy, and the command that produced it).
+
+Example (the default adapter of the embedded model):
+  taskrouter train --base embedded --data ../shared/data/sgd/train.jsonl \\
+      --data ../shared/data/clinc150/train.jsonl --out model_artifacts/adapters/gemma3-270m-router \\
+      --dev ../shared/data/sgd/dev.jsonl --dev ../shared/data/clinc150/val.jsonl --time-budget 40
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import math
+import random
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from taskrouter.embedded import EMBEDDED_NAME
+from taskrouter.loading import MANIFEST, load_base
+
+from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Example, build_examples, read_turns, sample_turns, \
+    summarize
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="embedded",
+                        help="base model: 'embedded' (the embedded gemma-3-270m), a local directory or a hub id")
+    parser.add_argument("--data", action="append", required=True, metavar="FILE",
+                        help="router-bench JSONL training file (repeatable); never a dev/val/test split")
+    parser.add_argument("--out", required=True, help="output directory, e.g. model_artifacts/adapters/NAME")
+    parser.add_argument("--name", help="adapter name in the manifest (default: the --out folder name)")
+    parser.add_argument("--max-examples", type=int, default=2000, help="training examples (turns) to sample")
+    parser.add_argument("--max-tokens", type=int, default=288,
+                        help="prompt length cap; the oldest messages are dropped beyond it")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the sampled examples")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up then cosine decay)")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--alpha", type=int, help="LoRA alpha (default: 2 x rank)")
+    parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout")
+    parser.add_argument("--target-modules", default="all-linear",
+                        help="comma-separated module names to adapt (e.g. query_key_value for Falcon), "
+                             "or 'all-linear' (every linear layer but the LM head)")
+    parser.add_argument("--grad-accum", type=int, default=8, help="examples per optimizer step (batch of 1 each)")
+    parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
+                        help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a CPU shared with other jobs)")
+    parser.add_argument("--save-every", type=int, default=20, help="optimizer steps between checkpoints")
+    parser.add_argument("--checkpoint-dir", help=f"where checkpoints go (default: OUT/{CHECKPOINTS})")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--time-budget", type=float, metavar="MIN",
+                        help="stop cleanly after MIN minutes of training (counted over resumes) and save "
+                             "what was learnt; the learning-rate schedule follows the clock too")
+    parser.add_argument("--dev", action="append", default=[], metavar="FILE",
+                        help="held-out router-bench file for the quick dev accuracy in the manifest (repeatable)")
+    parser.add_argument("--dev-turns", type=int, default=100, help="dev turns to route, split over the --dev files")
+    from .sagemaker_job import add_sagemaker_arguments
+
+    add_sagemaker_arguments(parser)
+
+
+def parse_balance(text: str) -> dict[str, float]:
+    """`start=0.2,continue=0.25` -> weights; unknown events are an error naming the option."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        event, _, value = part.partition("=")
+        if event not in EVENTS:
+            raise ValueError(f"--balance: unknown event {event!r} (events: {', '.join(EVENTS)})")
+        try:
+            weights[event] = float(value)
+        except ValueError:
+            raise ValueError(f"--balance: {part!r} is not EVENT=WEIGHT") from None
+    if not weights or sum(weights.values()) <= 0:
+        raise ValueError("--balance: give at least one positive weight")
+    return weights
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `taskrouter train` command that reproduces this run (every training option spelled out)."""
+    parts = ["taskrouter", "train", "--base", args.base]
+    for path in args.data:
+        parts += ["--data", path]
+    parts += ["--out", args.out]
+    for option in ("max_examples", "max_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules",
+                   "grad_accum", "balance", "seed"):
+        parts += ["--" + option.replace("_", "-"), str(getattr(args, option))]
+    if args.time_budget is not None:
+        parts += ["--time-budget", str(args.time_budget)]
+    for path in args.dev:
+        parts += ["--dev", path]
+    if args.dev:
+        parts += ["--dev-turns", str(args.dev_turns)]
+    return shlex.join(parts)
+
+
+def base_name_of(source: str, loaded_name: str) -> str:
+    """The base model name the manifest records (what the server compares with)."""
+    if loaded_name == EMBEDDED_NAME:
+        return EMBEDDED_NAME
+    marker = Path(source) / "taskrouter.json"
+    return json.loads(marker.read_text())["base_model"] if marker.exists() else loaded_name
+
+
+def load_trainable(args: argparse.Namespace):
+    """(peft model, tokenizer, base name, quantization): NF4 + k-bit preparation on CUDA, float32 on CPU."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model, tokenizer, name, device, quantization = load_base(args.base)
+    if quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    targets = args.target_modules if args.target_modules == "all-linear" else \
+        [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise ValueError(f"--target-modules {args.target_modules!r}: {exc}") from None
+    peft_model.train()
+    return peft_model, tokenizer, base_name_of(args.base, name), quantization, device
+
+
+def answer_loss(model, example: Example, device: torch.device) -> torch.Tensor:
+    """Cross-entropy on the answer tokens; the LM head runs only at the positions that predict them."""
+    ids = torch.tensor([example.input_ids], device=device)
+    labels = torch.tensor(example.labels, device=device)
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0]
+    targets = (labels != IGNORE).nonzero()[:, 0]
+    logits = model.get_output_embeddings()(hidden[targets - 1]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, labels[targets])
+
+
+def make_optimizer(model, lr: float, quantization: str) -> torch.optim.Optimizer:
+    """Paged AdamW (bitsandbytes) for QLoRA on CUDA, torch AdamW otherwise."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if quantization == "nf4":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW(params, lr=lr, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def lr_factor(progress: float, warmup: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 10%, over training progress in [0, 1]."""
+    if progress < warmup:
+        return max(progress / warmup, 0.05)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+def fingerprint(args: argparse.Namespace) -> str:
+    """Identifies the example stream, so a resume never mixes two different runs."""
+    key = [args.base, args.data, args.max_examples, args.max_tokens, args.epochs, args.balance, args.seed,
+           args.rank, args.target_modules]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(model, optimizer, root: Path, state: dict) -> Path:
+    """Write adapter + optimizer + progress under root/step-N; keep only the latest few."""
+    path = root / f"step-{state['step']:06d}"
+    partial = path.with_name(path.name + ".partial")
+    model.save_pretrained(partial, save_embedding_layers=False)
+    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    (partial / "state.json").write_text(json.dumps(state))
+    if path.exists():
+        shutil.rmtree(path)
+    partial.rename(path)
+    for old in sorted(root.glob("step-*[0-9]"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+    return path
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = sorted(p for p in root.glob("step-*[0-9]") if (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state["fingerprint"] != expected:
+        raise ValueError(f"--resume: checkpoint {path} was written by a run with other data or options")
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    return state
+
+
+def prepare_examples(args: argparse.Namespace, tokenizer) -> list[Example]:
+    rng = random.Random(args.seed)
+    turns = [t for path in args.data for t in read_turns(path)]
+    if not turns:
+        raise ValueError("--data: the files hold no labelled turns")
+    sampled = sample_turns(turns, args.max_examples, parse_balance(args.balance), rng)
+    examples = build_examples(tokenizer, sampled, args.max_tokens, rng, Augment())
+    return [e for _ in range(args.epochs) for e in examples]
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the training loop; returns the manifest it wrote."""
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    args.alpha = args.alpha or 2 * args.rank
+    checkpoints = Path(args.checkpoint_dir or out / CHECKPOINTS)
+    model, tokenizer, base_name, quantization, device = load_trainable(args)
+    examples = prepare_examples(args, tokenizer)
+    optimizer = make_optimizer(model, args.lr, quantization)
+    key = fingerprint(args)
+    state = {"fingerprint": key, "step": 0, "done": 0, "loss": None, "seconds": 0.0}
+    if args.resume and (path := latest_checkpoint(checkpoints)):
+        state = load_checkpoint(model, optimizer, path, key)
+        print(f"resuming from {path} ({state['done']} of {len(examples)} examples done)", flush=True)
+    budget = args.time_budget * 60 if args.time_budget is not None else None
+    started, earlier = time.monotonic(), state["seconds"]  # the budget counts the training time of every resume
+    stopped_early, pending = False, 0
+    total_steps = max(1, math.ceil(len(examples) / args.grad_accum))
+    bar = tqdm(total=len(examples), initial=state["done"], desc="train", unit="ex", dynamic_ncols=True)
+    for example in examples[state["done"]:]:
+        loss = answer_loss(model, example, device)
+        (loss / args.grad_accum).backward()
+        state["loss"] = loss.item() if state["loss"] is None else 0.95 * state["loss"] + 0.05 * loss.item()
+        state["done"] += 1
+        pending += 1
+        elapsed = state["seconds"] = earlier + time.monotonic() - started
+        out_of_time = budget is not None and elapsed >= budget
+        if pending == args.grad_accum or state["done"] == len(examples) or out_of_time:
+            progress = state["step"] / total_steps
+            if budget is not None:  # a time budget also drives the schedule, so a stopped run has cooled down
+                progress = max(progress, elapsed / budget if budget else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * lr_factor(progress)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            pending = 0
+            if state["step"] % args.save_every == 0 or out_of_time:
+                save_checkpoint(model, optimizer, checkpoints, state)
+        bar.update(1)
+        bar.set_postfix(loss=f"{state['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        if out_of_time:
+            stopped_early = True
+            break
+    bar.close()
+    save_adapter(model, out, base_name)
+    del model, optimizer
+    gc.collect()
+    training = {"device": device.type, "examples_seen": state["done"], "optimizer_steps": state["step"],
+                "final_loss_ema": round(state["loss"], 4) if state["loss"] is not None else None,
+                "train_seconds": round(state["seconds"], 1), "stopped_by_time_budget": stopped_early}
+    print(f"trained {state['done']} examples in {state['seconds']:.0f} s, loss {training['final_loss_ema']}",
+          flush=True)
+    manifest = {
+        "name": args.name or out.name,
+        "base_model": base_name,
+        "prompt_format": "adapter",
+        "quantization": quantization,
+        "training_data": {"files": args.data, "examples": summarize(examples[: state["done"]])},
+        "hyper_parameters": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
+                             "target_modules": args.target_modules, "lr": args.lr, "epochs": args.epochs,
+                             "grad_accum": args.grad_accum, "batch_size": 1, "max_tokens": args.max_tokens,
+                             "max_examples": args.max_examples, "balance": parse_balance(args.balance),
+                             "seed": args.seed, "optimizer": "paged_adamw" if quantization == "nf4" else "adamw",
+                             "schedule": "5% warm-up, cosine to 10%"},
+        "training": training,
+        "dev_metrics": None,
+        "train_command": command_line(args),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if args.dev:  # the router reads the manifest, so the dev check runs on the saved adapter
+        manifest["dev_metrics"] = dev_metrics(args.base, out, manifest["name"], args.dev, args.dev_turns)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def save_adapter(model, out: Path, base_name: str) -> None:
+    """The peft adapter, its LoRA weights stored in bfloat16 (half the size; loaded into the base's dtype)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.to(torch.bfloat16)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base_name
+    model.save_pretrained(out, save_embedding_layers=False)
+    (out / "README.md").unlink(missing_ok=True)  # peft's generic model card; router.json documents the adapter
+
+
+def dev_metrics(base: str, adapter_dir: Path, name: str, files: list[str], n_turns: int) -> dict:
+    """Quick open-loop dev accuracy (gold current task) of the saved adapter through the serving Router."""
+    from taskrouter.loading import load_model
+    from taskrouter.router import Router
+    from taskrouter.schema import NONE, parse_request
+
+    router = Router(load_model(base, {name: adapter_dir}), default_adapter=name)
+    rng = random.Random(1)
+    results: dict[str, dict] = {}
+    per_file = max(1, n_turns // len(files))
+    for path in files:
+        records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+        rng.shuffle(records)
+        right = events_right = seen = 0
+        with tqdm(total=per_file, desc=f"dev {Path(path).parent.name}", unit="turn") as bar:
+            for record in records:
+                previous = None
+                for label in sorted(record["labels"], key=lambda lab: lab["turn"]):
+                    if seen == per_file:
+                        break
+                    request = parse_request({"tasks": record["tasks"], "messages": record["messages"][: label["turn"] + 1],
+                                             "current_task": previous, "strategy": "adapter"})
+                    answer = router.route(request)
+                    right += answer.task == (label["task"] or NONE)
+                    events_right += answer.event == label["event"]
+                    previous, seen = label["task"], seen + 1
+                    bar.update(1)
+                if seen == per_file:
+                    break
+        results[str(path)] = {"turns": seen, "task_accuracy": round(right / max(seen, 1), 4),
+                              "event_accuracy": round(events_right / max(seen, 1), 4)}
+    return {"mode": "open loop: gold previous task as current_task", "files": results}
+
+
+def run(args: argparse.Namespace) -> None:
+    """`taskrouter train`: local training, or a SageMaker training job with --sagemaker."""
+    try:
+        parse_balance(args.balance)
+        for path in args.data + args.dev:
+            if not Path(path).is_file():
+                raise ValueError(f"--data/--dev: {path} is not a file")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.sagemaker:
+            from .sagemaker_job import launch
+
+            launch(args)
+            return
+        train(args)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")
