@@ -199,6 +199,9 @@ def test_cli_summary_api_key_and_fatal_errors(fake, tmp_path, monkeypatch, capsy
     assert all(r["auth"] == "Bearer sekret" for r in server.requests)
     assert len({r["id"] for r in lines(out)}) == 3
 
+    sent = len(server.requests)
+    data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out), "--show-prompt"])
+    assert "PLAN: " in capsys.readouterr().out and len(server.requests) == sent
     with pytest.raises(SystemExit, match="--model: required"):
         data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out)])
     bad_tasks = tmp_path / "bad.json"

@@ -209,6 +209,8 @@ def to_record(reply: str, plan: Plan, tasks: list[dict], record_id: str, source:
         checked = BenchRecord.model_validate(record).model_dump()
     except ValidationError as exc:
         return None, reason_of(exc)
+    if checked["messages"][-1]["role"] != "user":
+        return None, "last_not_user"  # a generated conversation ends on the turn to route
     if any(not m["content"].strip() for m in checked["messages"]):
         return None, "empty_message"
     if any(a["role"] == b["role"] for a, b in zip(checked["messages"], checked["messages"][1:])):

@@ -2,7 +2,8 @@
 
 Each consistency rule raises an error whose type is a short reason code
 (`bad_turns`, `unknown_task`, `inconsistent_events`, ...), so generation can count
-rejects by reason and review/export can refuse a broken record.
+rejects by reason and review/export can refuse a broken record. A benchmark
+conversation may end with the assistant; generated ones must end with the user.
 """
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ class BenchRecord(BaseModel):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise PydanticCustomError("duplicate_task", "tasks: task names must be unique")
-        if self.messages[-1].role != "user":
-            raise PydanticCustomError("last_not_user", "messages: the last message must come from the user")
         user_turns = [i for i, m in enumerate(self.messages) if m.role == "user"]
         if [label.turn for label in self.labels] != user_turns:
             raise PydanticCustomError("bad_turns", "labels: one label per user message, turns {turns}",
@@ -76,7 +75,7 @@ def reason_of(exc: ValidationError) -> str:
     """The reason code of the first error: a custom type, `bad_roles` for a wrong role, else `bad_shape`."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    if err["type"] in ("duplicate_task", "last_not_user", "bad_turns", "unknown_task", "inconsistent_events"):
+    if err["type"] in ("duplicate_task", "bad_turns", "unknown_task", "inconsistent_events"):
         return err["type"]
     if loc[:1] == ("messages",) and loc[-1:] == ("role",):
         return "bad_roles"
