@@ -218,5 +218,9 @@ def test_local_transformers_teacher(tiny_dir, tmp_path):
     teacher = LocalTeacher(str(tiny_dir), max_new_tokens=8)
     reply = teacher.complete([{"role": "user", "content": "Write a conversation."}], seed=1)
     assert isinstance(reply, str)
+    teacher.tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                       "{% if add_generation_prompt %}assistant:{% endif %}")
+    assert isinstance(teacher.complete([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Hi"}], seed=2), str)
     summary = generate(TASKS, teacher, tmp_path / "local.jsonl", 2, max_attempts=1, max_rejects=1, progress=False)
     assert summary.written == 0 and summary.rejected["bad_json"] == 2 and summary.stopped

@@ -44,13 +44,17 @@ def store(tmp_path) -> ReviewStore:
 def test_import_is_idempotent_and_checks_lines(store, tmp_path):
     assert store.import_file(tmp_path / "synth.jsonl") == 0
     assert store.progress()["total"] == 5
+    tail = tmp_path / "tail.jsonl"  # benchmark conversations (SGD) may end with the assistant
+    tail.write_text(json.dumps(conversation(7) | {"messages": conversation(7)["messages"] + [
+        {"role": "assistant", "content": "Bye!"}]}) + "\n")
+    assert store.import_file(tail) == 1
     broken = tmp_path / "broken.jsonl"
     bad = conversation(9) | {"labels": [{"turn": 0, "task": "meeting_recap", "event": "continue"},
                                         {"turn": 2, "task": None, "event": "end"}]}
     broken.write_text(json.dumps(conversation(8)) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=r"broken.jsonl:2: .*event 'continue', expected 'start'"):
         store.import_file(broken)
-    assert store.progress()["total"] == 5
+    assert store.progress()["total"] == 6
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
