@@ -55,7 +55,7 @@ def _tarinfo(root: Path, rel: str) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(root: Path, out: Path, compresslevel: int = 6, progress=None) -> str:
+def write_archive(root: Path, out: Path, compresslevel: int = 1, progress=None) -> str:
     """Tar+gzip every file under `root` (no top-level folder) into `out`; returns the archive's sha256.
 
     `progress(nbytes)` is called as file contents are written (for a progress bar).

@@ -162,7 +162,7 @@ def build(
     quantize: str | None = None,
     adapters_dir: Path = DEFAULT_ADAPTERS_DIR,
     name: str | None = None,
-    compresslevel: int = 6,
+    compresslevel: int = 1,
     progress: Callable[[int], Callable[[int], None]] | None = None,
 ) -> BuildResult:
     """Build `out/NAME/model.tar.gz` (NAME: `name`, else the first adapter, else the base) and MANIFEST.json beside it.

@@ -1,5 +1,7 @@
 """End to end: build a model.tar.gz for the tiny model + a tiny LoRA adapter, verify it, serve it, deploy it to moto."""
 import gzip
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -91,7 +93,7 @@ def test_build_cli_prints_size_and_checksums(tiny_dir, adapters_dir, tmp_path, c
     out = capsys.readouterr().out
     archive = tmp_path / ADAPTER / "model.tar.gz"
     assert f"sha256 {sha256_file(archive)}" in out and "KiB" in out
-    assert f"  code/inference.py" in out and len(out.split("\n")[0].split()[0]) == 64
+    assert "  code/inference.py" in out and len(out.split("\n")[0].split()[0]) == 64
 
 
 def test_refuses_an_adapter_for_another_base(tiny_dir, tmp_path, capsys):
@@ -143,14 +145,15 @@ def test_nf4_artifact_loads_and_routes_on_cpu(tiny_dir, adapters_dir, tmp_path, 
     assert answer["adapter"] == ADAPTER and answer["task"] in {t["name"] for t in request_payload["tasks"]} | {"none"}
 
 
-def test_verify_runs_the_handler_in_a_fresh_process(artifact, tiny_dir, capsys):
+def test_verify_runs_the_handler_in_a_fresh_process(artifact, tiny_dir, capsys, monkeypatch):
+    monkeypatch.setenv("TASKROUTER_THREADS", "1")  # the child inherits it: no thread contention on a busy CI box
     main(["verify", str(artifact.archive)])
     lines = capsys.readouterr().out.strip().splitlines()
     answer = json.loads(lines[0])
     assert answer["adapter"] == ADAPTER and answer["model"] == tiny_dir.name and answer["strategy"] == "adapter"
     assert lines[1].startswith("ok: model_fn")
-    result = verify(artifact.archive)  # the library came from the artifact's code/, not from the checkout
-    assert "taskrouter-verify-" in result.library and result.library.endswith("code/taskrouter/__init__.py")
+    library = lines[1].rsplit("library ", 1)[1]  # the artifact's code/, not the checkout's
+    assert "taskrouter-verify-" in library and library.endswith("model/code/taskrouter/__init__.py")
 
 
 def repack(src: Path, dst: Path, change) -> Path:
@@ -160,8 +163,6 @@ def repack(src: Path, dst: Path, change) -> Path:
             data = change(member.name, tin.extractfile(member).read())
             if data is not None:
                 member.size = len(data)
-                import io
-
                 tout.addfile(member, io.BytesIO(data))
     return dst
 
@@ -177,7 +178,7 @@ def test_verify_fails_on_a_broken_artifact(artifact, tmp_path):
             return b"raise RuntimeError('broken handler')\n"
         if name == "MANIFEST.json":
             manifest = json.loads(data)
-            manifest["files"]["code/inference.py"]["sha256"] = __import__("hashlib").sha256(
+            manifest["files"]["code/inference.py"]["sha256"] = hashlib.sha256(
                 b"raise RuntimeError('broken handler')\n").hexdigest()
             return json.dumps(manifest).encode()
         return data
