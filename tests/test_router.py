@@ -150,3 +150,36 @@ def test_falcon_architecture_routes(tiny_falcon_dir, request_payload):
     assert answer.task in {"meeting_recap", "follow_up_email", "prepare_a_quote", "none"}
     assert abs(sum(c.p for c in answer.candidates) - 1) < 1e-3
     assert torch.get_num_threads() >= 1
+
+
+def _tiny_adapter(base_dir, out, max_tokens):
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    (out / "router.json").write_text(json.dumps({"name": out.name, "base_model": base_dir.name,
+                                                 "prompt_format": "adapter",
+                                                 "hyper_parameters": {"max_tokens": max_tokens}}))
+    return out
+
+
+def test_adapter_is_default_and_sees_prompts_truncated_as_in_training(tiny_dir, tmp_path, request_payload):
+    adapter = _tiny_adapter(tiny_dir, tmp_path / "tiny-router", max_tokens=200)
+    router = Router(load_model(str(tiny_dir), {"tiny-router": adapter}))
+    long = {**request_payload, "messages": [{"role": "user", "content": f"message {i} about the recap"}
+                                            if i % 2 == 0 else {"role": "assistant", "content": "ok"}
+                                            for i in range(21)]}
+    answer = _route(router, long)
+    assert answer.adapter == "tiny-router" and answer.strategy == "adapter"
+    assert max(n for n, _, _ in router.cache._entries.values()) <= 200
+    base = _route(router, {**long, "strategy": "zero_shot"})  # other strategies keep the server's budget
+    assert base.strategy == "zero_shot" and max(n for n, _, _ in router.cache._entries.values()) > 200
+    # the adapter changes the model: its distribution differs from the base model's on the same prompt
+    plain = Router(load_model(str(tiny_dir)))
+    with_adapter = _route(router, {**request_payload, "strategy": "zero_shot", "top_k": 4})
+    without = _route(plain, {**request_payload, "strategy": "zero_shot", "top_k": 4})
+    assert {c.task: c.p for c in with_adapter.candidates} != pytest.approx({c.task: c.p for c in without.candidates})

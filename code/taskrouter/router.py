@@ -45,7 +45,7 @@ class Router:
         strategy = request.strategy or ("adapter" if adapter else "zero_shot")
         names = request.task_names + [NONE]
         prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task)
-        encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens)
+        encoded = encode_prompt(self.loaded.tokenizer, prompt, self._budget(strategy, adapter))
         with self.lock, self.loaded.use_adapter(adapter), torch.inference_mode():
             cache, hidden = self._prefill(encoded.segments, f"{self.loaded.name}|{adapter}")
             raw = None
@@ -72,6 +72,14 @@ class Router:
             model=self.loaded.name, adapter=adapter, strategy=strategy, decoding=request.decoding,
             valid=valid, raw=raw, latency_ms=round((time.perf_counter() - start) * 1000, 2),
         )
+
+    def _budget(self, strategy: str, adapter: str | None) -> int:
+        """Prompt token budget: an adapter sees prompts truncated as in its training (train/serve parity)."""
+        if strategy == "adapter" and adapter is not None:
+            trained = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("max_tokens")
+            if trained:
+                return min(self.max_prompt_tokens, int(trained))
+        return self.max_prompt_tokens
 
     def _trie(self, names: list[str]) -> NameTrie:
         key = tuple(names)
