@@ -79,7 +79,8 @@ class FakeTeacher:
                     step = "good"
                 if isinstance(step, int):
                     return self._send(step, {"error": {"message": f"status {step}"}})
-                content = json.dumps(good_reply(prompt)) if step == "good" else malformed(step, prompt)
+                content = json.dumps(good_reply(prompt, f"seed {body['seed']}")) if step == "good" \
+                    else malformed(step, prompt)
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
             def _send(self, status: int, payload: dict):
@@ -224,3 +225,20 @@ def test_local_transformers_teacher(tiny_dir, tmp_path):
                                         {"role": "user", "content": "Hi"}], seed=2), str)
     summary = generate(TASKS, teacher, tmp_path / "local.jsonl", 2, max_attempts=1, max_rejects=1, progress=False)
     assert summary.written == 0 and summary.rejected["bad_json"] == 2 and summary.stopped
+
+
+class RepeatingTeacher:
+    """A teacher stub that writes the same text for the same plan: its repeats must be rejected."""
+
+    name, retries = "repeater", 0
+
+    def complete(self, messages: list[dict], seed: int) -> str:
+        return json.dumps(good_reply(messages[-1]["content"], "same"))
+
+
+def test_repeated_conversations_are_rejected(tmp_path):
+    out = tmp_path / "synth.jsonl"
+    summary = generate(TASKS[:1], RepeatingTeacher(), out, 6, max_attempts=1, max_rejects=100, progress=False)
+    assert summary.written == 6 and summary.rejected["duplicate"] >= 1
+    texts = [json.dumps(r["messages"]) for r in lines(out)]
+    assert len(set(texts)) == 6

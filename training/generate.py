@@ -10,6 +10,7 @@ is appended and fsynced line by line, so a rerun resumes where a crash stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -222,11 +223,16 @@ def to_record(reply: str, plan: Plan, tasks: list[dict], record_id: str, source:
     return checked, ""
 
 
-def read_existing(out: Path) -> tuple[set[str], int]:
-    """Ids of the valid lines of `out`; invalid or cut-off lines (a crash mid-write) are removed from the file."""
+def fingerprint(messages: list[dict]) -> str:
+    """A key of a conversation's text, to reject a teacher repeating itself."""
+    return hashlib.sha1(json.dumps([(m["role"], m["content"].strip().lower()) for m in messages]).encode()).hexdigest()
+
+
+def read_existing(out: Path) -> tuple[set[str], set[str], int]:
+    """Ids and fingerprints of the valid lines of `out`; invalid or cut-off lines (a crash mid-write) are removed."""
     if not out.exists():
-        return set(), 0
-    keep, ids, dropped = [], set(), 0
+        return set(), set(), 0
+    keep, ids, prints, dropped = [], set(), set(), 0
     for line in out.read_text(encoding="utf-8").splitlines(keepends=True):
         try:
             if not line.endswith("\n"):
@@ -238,12 +244,13 @@ def read_existing(out: Path) -> tuple[set[str], int]:
             dropped += 1
             continue
         ids.add(record.id)
+        prints.add(fingerprint(record.model_dump()["messages"]))
         keep.append(line)
     if dropped:
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text("".join(keep), encoding="utf-8")
         os.replace(tmp, out)
-    return ids, dropped
+    return ids, prints, dropped
 
 
 def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: int = 0,
@@ -251,7 +258,7 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
              max_rejects: int | None = None, workers: int = 1, progress: bool = True) -> Summary:
     """Append conversations to `out` until it holds `n` valid ones; resumable, never writes a rejected reply."""
     examples = examples or EXAMPLES
-    done, dropped = read_existing(out)
+    done, seen, dropped = read_existing(out)
     summary = Summary(target=n, existing=len(done), dropped=dropped)
     budget = max_rejects if max_rejects is not None else max(10, n)
     source = f"synthetic/{teacher.name}"
@@ -279,7 +286,11 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
             batch = [next(slots) for _ in range(min(max(1, workers), n - len(done) - summary.written))]
             for record, reasons in pool.map(attempt_slot, batch):
                 summary.rejected.update(reasons)
+                if record is not None and fingerprint(record["messages"]) in seen:
+                    summary.rejected["duplicate"] += 1
+                    continue
                 if record is not None:
+                    seen.add(fingerprint(record["messages"]))
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
                     f.flush()
                     os.fsync(f.fileno())

@@ -7,6 +7,7 @@ retries, so a long generation run survives a rate-limited or flaky endpoint.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Protocol
 
@@ -42,7 +43,7 @@ class OpenAITeacher:
         self.name, self.model, self.api_key = model, model, api_key
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.retries = 0
+        self.retries, self._lock = 0, threading.Lock()  # generation may call from several threads
         self.session = requests.Session()
 
     def complete(self, messages: list[dict], seed: int) -> str:
@@ -64,7 +65,8 @@ class OpenAITeacher:
                 wait = max(wait, _retry_after(response))
             if attempt == self.max_retries:
                 raise TeacherError(f"gave up after {self.max_retries} retries: {failure}")
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             time.sleep(min(wait, self.max_backoff))
         raise AssertionError("unreachable")
 
