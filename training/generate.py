@@ -11,6 +11,7 @@ is appended and fsynced line by line, so a rerun resumes where a crash stopped.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -279,7 +280,8 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
             reasons.append(reason)
         return None, reasons
 
-    slots = (i for i in range(10 ** 9) if f"{id_prefix}-{i:05d}" not in done)
+    slots = (i for i in itertools.count() if f"{id_prefix}-{i:05d}" not in done)
+    retries_before = teacher.retries
     bar = tqdm(total=n, initial=min(len(done), n), desc="conversations", unit="conv", disable=not progress)
     with open(out, "a", encoding="utf-8") as f, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while len(done) + summary.written < n:
@@ -296,11 +298,10 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
                     os.fsync(f.fileno())
                     summary.written += 1
                     bar.update(1)
-            summary.retries = teacher.retries
-            bar.set_postfix(rejected=sum(summary.rejected.values()), retries=teacher.retries)
+            summary.retries = teacher.retries - retries_before
+            bar.set_postfix(rejected=sum(summary.rejected.values()), retries=summary.retries)
             if sum(summary.rejected.values()) > budget:
                 summary.stopped = f"more than {budget} rejected replies (--max-rejects); rerun to resume"
                 break
     bar.close()
-    summary.retries = teacher.retries
     return summary
