@@ -75,6 +75,6 @@ def create_app(store: ReviewStore) -> Flask:
     @app.post("/api/heartbeat")
     def heartbeat():
         data = body()
-        return jsonify({"held": store.renew(data["reviewer"], str(data.get("id")))})
+        return jsonify({"held": store.renew(data["reviewer"], str(data.get("id"))), "progress": store.progress()})
 
     return app
