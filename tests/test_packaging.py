@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -197,16 +198,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_the_artifact_over_http(artifact, request_payload):
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("taskrouter"), "serve", "--model-dir", str(artifact.archive),
-                             "--port", str(port), "--host", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TASKROUTER_THREADS": "1"})
+def test_serve_the_artifact_over_http(artifact, request_payload, tmp_path):
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([shutil.which("taskrouter"), "serve", "--model-dir", str(artifact.archive),
+                                 "--port", str(port), "--host", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "TASKROUTER_THREADS": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, log.read_text()[-2000:]
             try:
                 with urllib.request.urlopen(f"{base}/ping", timeout=5) as res:
                     if res.status == 200:
@@ -224,6 +226,9 @@ def test_serve_the_artifact_over_http(artifact, request_payload):
     finally:
         proc.terminate()
         proc.wait(30)
+        unpacked = re.search(r"unpacking \S+ into (\S+)", log.read_text())
+        if unpacked:  # serve unpacks the tarball into a fresh temporary directory
+            shutil.rmtree(unpacked.group(1), ignore_errors=True)
 
 
 def test_deploy_the_artifact_to_moto(artifact, tiny_dir, monkeypatch, capsys):
