@@ -153,6 +153,8 @@ def run_deploy(args: argparse.Namespace) -> None:
     if args.min_instances is not None or args.max_instances is not None:
         low = args.min_instances if args.min_instances is not None else 1
         scaling = Scaling(low, args.max_instances if args.max_instances is not None else low, args.target_invocations)
+    if scaling and args.no_wait:
+        sys.exit("error: --no-wait: auto scaling (--min/--max-instances) needs the endpoint InService; drop one")
     plan = DeployPlan(args.artifact, args.endpoint_name, args.role, args.bucket, args.instance_type, args.image_uri,
                       args.prefix, scaling, env)
     bar = tqdm(desc=f"endpoint {args.endpoint_name}", bar_format="{desc}: {postfix} [{elapsed}]", file=sys.stderr,

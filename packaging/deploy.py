@@ -150,6 +150,9 @@ def upload(aws: Aws, archive: Path, bucket: str, key: str, digest: str,
         if code in ("404", "NoSuchBucket"):
             raise DeployError(f"--bucket {bucket}: no such bucket (create it: aws s3 mb s3://{bucket} "
                               f"--region {aws.region})") from None
+        if code in ("301", "PermanentRedirect", "400"):
+            raise DeployError(f"--bucket {bucket}: not in {aws.region}; SageMaker needs the bucket in the "
+                              f"endpoint's region") from None
         if code in ("403", "AccessDenied"):
             raise DeployError(f"--bucket {bucket}: access denied to these credentials") from None
         raise
@@ -292,6 +295,9 @@ def deploy(aws: Aws, plan: DeployPlan, wait: bool = True, poll_seconds: float = 
         if existing is None:
             sm.create_endpoint(EndpointName=plan.endpoint, EndpointConfigName=name)
         elif existing["EndpointConfigName"] != name:
+            if existing["EndpointStatus"] == "Failed":
+                raise DeployError(f"endpoint {plan.endpoint} is Failed ({existing.get('FailureReason', 'no reason')})"
+                                  f" and cannot be updated: package delete --endpoint-name {plan.endpoint}, then deploy")
             if existing["EndpointStatus"] in TRANSITIONAL:
                 raise DeployError(f"endpoint {plan.endpoint} is {existing['EndpointStatus']}: "
                                   f"wait for it to settle, then deploy again")

@@ -133,6 +133,8 @@ def test_a_failed_endpoint_gives_its_failure_reason(aws, role, tmp_path, capsys)
         main(["deploy", "--artifact", str(archive), "--endpoint-name", "router", "--role", role, "--bucket", "models",
               "--instance-type", INSTANCE, "--poll-seconds", "0"])
     assert str(info.value) == "error: endpoint router is Failed: CannotStartContainerError: check the container logs"
+    with pytest.raises(dep.DeployError, match="is Failed .* cannot be updated: package delete --endpoint-name router"):
+        dep.deploy(aws, plan(fake_archive(tmp_path, "v2"), role), poll_seconds=0)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -142,12 +144,13 @@ def test_a_failed_endpoint_gives_its_failure_reason(aws, role, tmp_path, capsys)
     ({"--endpoint-name": "bad_name!"}, "--endpoint-name 'bad_name!': 1-63 letters, digits and hyphens"),
     ({"--max-instances": "0", "--min-instances": "2"}, "--max-instances 0 is below --min-instances 2"),
     ({"--artifact": "missing.tar.gz"}, "--artifact missing.tar.gz: no such file"),
+    ({"--min-instances": "1", "--no-wait": None}, "--no-wait: auto scaling"),
 ])
 def test_deploy_errors_are_one_line(aws, role, tmp_path, change, message):
     args = {"--artifact": str(fake_archive(tmp_path, "v1")), "--endpoint-name": "router", "--role": role,
             "--bucket": "models", "--instance-type": INSTANCE, "--poll-seconds": "0", **change}
     with pytest.raises(SystemExit) as info:
-        main(["deploy", *[x for kv in args.items() for x in kv]])
+        main(["deploy", *[x for kv in args.items() for x in kv if x is not None]])
     assert str(info.value).startswith(f"error: {message}") and "\n" not in str(info.value)
     assert aws.client("sagemaker").list_endpoints()["Endpoints"] == []
 
