@@ -203,6 +203,12 @@ def test_cli_summary_api_key_and_fatal_errors(fake, tmp_path, monkeypatch, capsy
     sent = len(server.requests)
     data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out), "--show-prompt"])
     assert "PLAN: " in capsys.readouterr().out and len(server.requests) == sent
+    data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out), "--show-prompt",
+                   "--mix", "switch=1"])
+    assert "moves on to task" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--mix: unknown situation 'swich'"):
+        data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out),
+                       "--mix", "swich=1"])
     with pytest.raises(SystemExit, match="--model: required"):
         data_cli.main(["generate", "--tasks", str(tasks), "--teacher", server.url, "--out", str(out)])
     bad_tasks = tmp_path / "bad.json"

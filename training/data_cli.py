@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="environment variable holding the API key (default OPENAI_API_KEY; unset = no key)")
     gen.add_argument("--out", required=True, help="router-bench JSONL to append to (resumed if it exists)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the scripted situations (default 0)")
+    gen.add_argument("--mix", default="task=0.35,switch=0.25,end=0.25,none=0.15",
+                     help="shares of the scripted situations: one task throughout, a switch mid-way, the user "
+                     "closing the task, a request matching no task (default %(default)s)")
     gen.add_argument("--examples", help="router-bench JSONL whose first 2 conversations are the few-shot examples "
                      "(default: built-in sales examples)")
     gen.add_argument("--id-prefix", default="synth", help="conversation ids are PREFIX-00000, ... (default synth)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     """`data generate`: check the options, build the teacher, generate and print the summary."""
-    from .generate import EXAMPLES, chat_messages, generate, plan_for, read_tasks
+    from .generate import EXAMPLES, chat_messages, generate, parse_mix, plan_for, read_tasks
     from .records import BenchRecord, describe
     from .teacher import FatalTeacherError, make_teacher
 
@@ -77,7 +80,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.n < 1:
         sys.exit("--n: must be at least 1")
     try:
-        tasks = read_tasks(args.tasks)
+        tasks, mix = read_tasks(args.tasks), parse_mix(args.mix)
     except ValueError as exc:
         sys.exit(str(exc))
     examples = None
@@ -88,7 +91,7 @@ def run_generate(args: argparse.Namespace) -> None:
         except (OSError, ValidationError) as exc:
             sys.exit(f"--examples {args.examples}: {describe(exc) if isinstance(exc, ValidationError) else exc}")
     if args.show_prompt:
-        for message in chat_messages(plan_for(0, args.seed, tasks), tasks, examples or EXAMPLES):
+        for message in chat_messages(plan_for(0, args.seed, tasks, mix), tasks, examples or EXAMPLES):
             print(f"--- {message['role']}\n{message['content']}")
         return
     try:
@@ -96,7 +99,7 @@ def run_generate(args: argparse.Namespace) -> None:
                                max_tokens=args.max_tokens,
                                **({"timeout": args.timeout, "max_retries": args.max_retries, "backoff": args.backoff}
                                   if args.teacher.startswith(("http://", "https://")) else {}))
-        summary = generate(tasks, teacher, Path(args.out), args.n, seed=args.seed, examples=examples,
+        summary = generate(tasks, teacher, Path(args.out), args.n, seed=args.seed, examples=examples, mix=mix,
                            id_prefix=args.id_prefix, max_attempts=args.max_attempts, max_rejects=args.max_rejects,
                            workers=args.workers if args.teacher.startswith(("http://", "https://")) else 1)
     except FatalTeacherError as exc:

@@ -136,10 +136,29 @@ def read_tasks(path: str | Path) -> list[dict]:
     return tasks
 
 
-def plan_for(index: int, seed: int, tasks: list[dict]) -> Plan:
-    """The deterministic plan of slot `index`: the same seed and index always give the same plan."""
+def parse_mix(text: str) -> dict[str, float]:
+    """`task=0.35,switch=0.25,...` -> shares of the scripted situations (missing kinds get 0)."""
+    mix = dict.fromkeys(MIX, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, share = part.partition("=")
+        if kind not in MIX:
+            raise ValueError(f"--mix: unknown situation {kind!r} (use {', '.join(MIX)})")
+        try:
+            mix[kind] = float(share)
+        except ValueError:
+            raise ValueError(f"--mix: {part!r} is not KIND=SHARE") from None
+        if mix[kind] < 0:
+            raise ValueError(f"--mix: {kind} share must not be negative")
+    if sum(mix.values()) <= 0:
+        raise ValueError("--mix: at least one share must be positive")
+    return mix
+
+
+def plan_for(index: int, seed: int, tasks: list[dict], mix: dict[str, float] | None = None) -> Plan:
+    """The deterministic plan of slot `index`: the same seed, index and mix always give the same plan."""
     rng = random.Random(f"{seed}:{index}")
-    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+    mix = mix or MIX
+    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     names = [t["name"] for t in tasks]
     first = rng.choice(names)
     if kind == "switch" and len(names) < 2:
@@ -255,7 +274,8 @@ def read_existing(out: Path) -> tuple[set[str], set[str], int]:
 
 
 def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: int = 0,
-             examples: list[dict] | None = None, id_prefix: str = "synth", max_attempts: int = 3,
+             examples: list[dict] | None = None, mix: dict[str, float] | None = None, id_prefix: str = "synth",
+             max_attempts: int = 3,
              max_rejects: int | None = None, workers: int = 1, progress: bool = True) -> Summary:
     """Append conversations to `out` until it holds `n` valid ones; resumable, never writes a rejected reply."""
     examples = examples or EXAMPLES
@@ -266,7 +286,7 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def attempt_slot(index: int) -> tuple[dict | None, list[str]]:
-        record_id, plan = f"{id_prefix}-{index:05d}", plan_for(index, seed, tasks)
+        record_id, plan = f"{id_prefix}-{index:05d}", plan_for(index, seed, tasks, mix)
         reasons = []
         for attempt in range(max_attempts):
             try:
