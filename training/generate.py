@@ -46,7 +46,7 @@ EXAMPLES = [
         {"role": "user", "content": "Can you write up my call with Dana from Northwind this morning?"},
         {"role": "assistant", "content": "Sure. What were the main points and next steps?"},
         {"role": "user", "content": "They want 40 seats, pilot in March, legal review pending."},
-        {"role": "assistant", "content": "Here is the recap: 40 seats, March pilot, legal review open. Anything to add?"},
+        {"role": "assistant", "content": "Recap: 40 seats, March pilot, legal review open. Anything to add?"},
         {"role": "user", "content": "Looks good. Now draft the quote for those 40 seats at the annual rate."},
     ], "labels": [
         {"turn": 0, "task": "meeting_recap", "event": "start"},
@@ -72,7 +72,8 @@ following the plan you are given, then label every user message with the task th
 
 Answer with ONE JSON object and nothing else:
 {"messages": [{"role": "user" | "assistant", "content": "..."}, ...],
- "labels": [{"turn": <index of a user message in messages>, "task": <a task name from the list, or null>, "event": "start" | "continue" | "switch" | "end" | "none"}, ...]}
+ "labels": [{"turn": <index of a user message in messages>, "task": <a task name from the list, or null>,
+             "event": "start" | "continue" | "switch" | "end" | "none"}, ...]}
 Rules: messages alternate user / assistant, start AND end with a user message; one label per user message;
 a task name is copied exactly from the task list; null means the user is doing no listed task.
 event from the previous user message's task P (null before the first) and this one's T:
@@ -290,7 +291,8 @@ def generate(tasks: list[dict], teacher: Teacher, out: Path, n: int, *, seed: in
         reasons = []
         for attempt in range(max_attempts):
             try:
-                reply = teacher.complete(chat_messages(plan, tasks, examples), seed=seed * 1000003 + index * 31 + attempt)
+                reply = teacher.complete(chat_messages(plan, tasks, examples),
+                                         seed=seed * 1000003 + index * 31 + attempt)
             except TeacherError:
                 reasons.append("teacher_error")
                 continue

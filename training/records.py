@@ -53,7 +53,8 @@ class BenchRecord(BaseModel):
                                           {"turn": label.turn, "task": label.task})
             expected = event_for(previous, label.task)
             if label.event != expected:
-                raise PydanticCustomError("inconsistent_events", "labels: turn {turn} event '{event}', expected '{expected}'",
+                raise PydanticCustomError("inconsistent_events",
+                                          "labels: turn {turn} event '{event}', expected '{expected}'",
                                           {"turn": label.turn, "event": label.event, "expected": expected})
             previous = label.task
         return self
