@@ -121,6 +121,8 @@ def write_base(source_dir: Path, stage: Path, quantization: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
+    if "quantization_config" in json.loads((source_dir / "config.json").read_text()):
+        raise BuildError(f"--base {source_dir}: already quantized; pass the unquantized original")
     kwargs: dict = {"dtype": torch.bfloat16}
     if quantization == "nf4":
         try:

@@ -139,6 +139,8 @@ def test_nf4_artifact_loads_and_routes_on_cpu(tiny_dir, adapters_dir, tmp_path, 
     assert config["quantization_config"]["quant_method"] == "bitsandbytes"
     assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
     assert json.loads((tmp_path / "model" / "taskrouter.json").read_text())["quantization"] == "nf4"
+    with pytest.raises(BuildError, match="already quantized"):  # an unpacked NF4 artifact is no base to build from
+        build([], tmp_path / "again", base=str(tmp_path / "model"), quantize="bf16")
     router = handler.model_fn(str(tmp_path / "model"))
     assert type(router.loaded.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     answer = json.loads(handler.output_fn(handler.predict_fn(
