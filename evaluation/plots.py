@@ -16,9 +16,9 @@ from .metrics import NONE_CLASS, POINTS  # noqa: E402
 OTHER = "(other)"
 
 
-def _annotated_matrix(ax, matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> None:
+def _annotated_matrix(ax, matrix: np.ndarray, rows: list[str], cols: list[str], title: str, rotation: int = 60) -> None:
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=rotation, ha="right" if rotation else "center", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
@@ -36,7 +36,7 @@ def plot_points(metrics: dict, title: str, path: Path) -> None:
     for ax, point in zip(axes, POINTS):
         m = metrics[point]
         matrix = np.array([[m["tp"], m["fn"]], [m["fp"], m["tn"]]])
-        _annotated_matrix(ax, matrix, [point, f"not {point}"], [point, f"not {point}"], point)
+        _annotated_matrix(ax, matrix, [point, f"not {point}"], [point, f"not {point}"], point, rotation=0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
