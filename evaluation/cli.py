@@ -106,7 +106,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError("--out DIR is required")
     if not args.config:
         raise ValueError("--config is required (e.g. --config base-zero-shot)")
+    from .embedding import read_threshold
+
     configs = resolve_configs(args.config, read_configs(args.configs))
+    configs = [c.model_copy(update={"threshold": read_threshold()}) if c.kind == "embedding" and c.threshold is None
+               else c for c in configs]  # the tuned threshold is part of what the predictions depend on
     benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
     names = [b.name for b in benches]
     if len(set(names)) != len(names):

@@ -30,7 +30,9 @@ class EvalConfig(BaseModel):
 
     def definition(self) -> dict:
         """The fields that decide the predictions (what a resumed run must not change)."""
-        return self.model_dump(exclude={"name"})
+        if self.kind == "embedding":
+            return {"kind": self.kind, "threshold": self.threshold}
+        return self.model_dump(exclude={"name", "threshold"})
 
 
 def _validate(name: str, fields: dict, origin: str) -> EvalConfig:
