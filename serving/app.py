@@ -2,14 +2,22 @@
 
 The model loads in a background thread so the worker answers /ping (503) at
 once and 200 only once the router is ready, as SageMaker health checks expect.
+Model calls go through a bounded admission queue (503 + Retry-After when full,
+504 past TASKROUTER_DEADLINE_MS). With TASKROUTER_API_KEY set, every route but
+/ping and /openapi.json needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`):
+health checks carry no key and those two reveal no data. Request logs hold
+sizes, status and the chosen task, never message text unless TASKROUTER_LOG_BODIES=1.
 """
 from __future__ import annotations
 
+import hmac
 import importlib.util
+import json
 import logging
 import os
 import threading
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +25,11 @@ from flask import Flask, Response, request
 
 from taskrouter.schema import RequestError
 
+from .admission import Admission, Overloaded
+from .openapi import openapi
+
 log = logging.getLogger("taskrouter.serving")
+OPEN_ROUTES = ("/ping", "/openapi.json")
 
 
 def load_handler(model_dir: str | None) -> ModuleType:
@@ -37,17 +49,41 @@ def load_handler(model_dir: str | None) -> ModuleType:
 
 
 def _error(exc: RequestError) -> Response:
-    import json
+    response = Response(json.dumps(exc.to_json()), status=exc.status, mimetype="application/json")
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(exc.retry_after if isinstance(exc, Overloaded) else 5)
+    return response
 
-    return Response(json.dumps(exc.to_json()), status=exc.status, mimetype="application/json")
+
+def _presented_key() -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("X-API-Key", "")
 
 
-def create_app(model_dir: str | None = None, load_async: bool = True) -> Flask:
+def _log_request(status: int, started: float, data, answer, error: RequestError | None) -> None:
+    """One line per request: sizes, status, outcome; the body only with TASKROUTER_LOG_BODIES=1."""
+    fields = {"status": status, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    if data is not None:
+        fields.update(messages=len(data.messages), tasks=len(data.tasks))
+    if answer is not None:
+        fields.update(task=answer.task, event=answer.event)
+    if error is not None:
+        fields["error"] = error.code
+    if os.environ.get("TASKROUTER_LOG_BODIES") == "1":
+        fields["body"] = request.get_data(as_text=True)
+    log.info("invocation %s", json.dumps(fields, ensure_ascii=False))
+
+
+def create_app(model_dir: str | None = None, load_async: bool = True, admission: Admission | None = None) -> Flask:
     """Build the app; `model_dir` is an unpacked artifact, or None for the embedded default."""
     app = Flask("taskrouter")
     app.config["MAX_CONTENT_LENGTH"] = int(os.environ.get("TASKROUTER_MAX_BODY_BYTES", 1024 * 1024))
     handler = load_handler(model_dir)
-    state: dict = {"model": None, "error": None}
+    admission = admission or Admission.from_env()
+    api_key = os.environ.get("TASKROUTER_API_KEY", "")
+    state: dict = {"model": None, "error": None, "admission": admission}
 
     def load() -> None:
         started = time.perf_counter()
@@ -63,6 +99,17 @@ def create_app(model_dir: str | None = None, load_async: bool = True) -> Flask:
     else:
         load()
 
+    @app.before_request
+    def require_key():
+        if api_key and request.path not in OPEN_ROUTES and \
+                not hmac.compare_digest(_presented_key().encode(), api_key.encode()):
+            return _error(RequestError("unauthorized", "missing or wrong API key: send Authorization: Bearer KEY", 401))
+        return None
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return openapi()
+
     @app.get("/ping")
     def ping():
         if state["model"] is not None:
@@ -73,14 +120,19 @@ def create_app(model_dir: str | None = None, load_async: bool = True) -> Flask:
 
     @app.post("/invocations")
     def invocations():
-        if state["model"] is None:
-            return _error(RequestError("not_ready", "the model is still loading", 503))
+        started, arrived = time.perf_counter(), time.monotonic()
+        data = prediction = None
         try:
+            if state["model"] is None:
+                raise RequestError("not_ready", "the model is still loading", 503)
             data = handler.input_fn(request.get_data(), request.content_type or "application/json")
-            prediction = handler.predict_fn(data, state["model"])
+            with admission.slot(arrived):
+                prediction = handler.predict_fn(data, state["model"])
             body = handler.output_fn(prediction, request.headers.get("Accept", "application/json"))
         except RequestError as exc:
+            _log_request(exc.status, started, data, prediction, exc)
             return _error(exc)
+        _log_request(200, started, data, prediction, None)
         return Response(body, mimetype="application/json")
 
     @app.errorhandler(413)
@@ -94,6 +146,17 @@ def create_app(model_dir: str | None = None, load_async: bool = True) -> Flask:
     @app.errorhandler(405)
     def bad_method(_):
         return _error(RequestError("method_not_allowed", f"{request.method} is not allowed on {request.path}", 405))
+
+    @app.errorhandler(Exception)
+    def internal(exc: Exception):
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(exc, HTTPException):  # other HTTP errors keep their status, with a JSON body
+            return _error(RequestError(exc.name.lower().replace(" ", "_"), exc.description or exc.name, exc.code or 500))
+        # type and frames only: an exception message may quote the request's text
+        log.error("internal error on %s: %s\n%s", request.path, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+        return _error(RequestError("internal_error", f"internal error ({type(exc).__name__}); see the server log", 500))
 
     app.extensions["taskrouter"] = state
     return app

@@ -68,7 +68,7 @@ def input_fn(input_data: str | bytes, content_type: str = JSON) -> RouteRequest:
         raise RequestError("unsupported_media_type", f"content type {content_type!r}: only {JSON} is accepted", 415)
     try:
         payload = json.loads(input_data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise RequestError("invalid_json", f"request body is not valid JSON: {exc}") from None
     return parse_request(payload, Limits.from_env())
 

@@ -6,9 +6,9 @@ server can answer 4xx with `{"error": {"code", "message"}}` and never crash.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NONE = "none"
 STRATEGIES = ("zero_shot", "few_shot_cot", "react", "adapter")
@@ -44,16 +44,28 @@ class RequestError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+def _unicode(value: str) -> str:
+    """JSON can carry lone surrogates (\\ud800); they are not text and would crash the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["user", "assistant"]
-    content: str
+    content: Text
 
 
 class Task(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1)
-    description: str = ""
+    name: Text = Field(min_length=1)
+    description: Text = ""
 
     @field_validator("name")
     @classmethod
@@ -73,9 +85,9 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     messages: list[Message] = Field(min_length=1)
     tasks: list[Task]
-    current_task: str | None = None
+    current_task: Text | None = None
     strategy: Literal["zero_shot", "few_shot_cot", "react", "adapter"] | None = None
-    adapter: str | None = None
+    adapter: Text | None = None
     decoding: Literal["constrained", "free"] = "constrained"
     top_k: int = Field(default=3, ge=1)
 
