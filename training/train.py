@@ -142,7 +142,11 @@ def load_trainable(args: argparse.Namespace):
 
 
 def answer_loss(model, example: Example, device: torch.device) -> torch.Tensor:
-    """Cross-entropy on the answer tokens; the LM head runs only at the positions that predict them."""
+    """-log p(answer): summed over its tokens, as the constrained scorer multiplies their probabilities.
+
+    (A mean per token would weigh the two-token ` none` above long names and teach a bias
+    toward none.) The LM head runs only at the positions that predict the answer.
+    """
     ids = torch.tensor([example.input_ids], device=device)
     labels = torch.tensor(example.labels, device=device)
     hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0]
@@ -151,7 +155,7 @@ def answer_loss(model, example: Example, device: torch.device) -> torch.Tensor:
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, labels[targets])
+    return F.cross_entropy(logits, labels[targets], reduction="sum")
 
 
 def make_optimizer(model, lr: float, quantization: str) -> torch.optim.Optimizer:
