@@ -134,7 +134,6 @@ class RouterPool:
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model),
                                        dtype=os.environ.get("TASKROUTER_DTYPE", "auto")))
-            router.default_adapter = None  # a request without an adapter runs the bare base model
             self._routers[config.model] = router
         return self._routers[config.model]
 

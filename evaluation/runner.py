@@ -60,7 +60,7 @@ def route_conversation(router: RouterLike, conv: dict, config: EvalConfig, teach
         current = gold if teacher_forcing else predicted
         payload = {"messages": conv["messages"][: label["turn"] + 1], "tasks": conv["tasks"], "current_task": current}
         if config.kind == "llm":
-            payload.update(strategy=config.strategy, decoding=config.decoding, adapter=config.adapter)
+            payload.update(strategy=config.strategy, decoding=config.decoding, adapter=config.adapter or NONE)
         request = parse_request(payload)
         start = time.perf_counter()
         answer = router.route(request)

@@ -183,3 +183,7 @@ def test_adapter_is_default_and_sees_prompts_truncated_as_in_training(tiny_dir, 
     with_adapter = _route(router, {**request_payload, "strategy": "zero_shot", "top_k": 4})
     without = _route(plain, {**request_payload, "strategy": "zero_shot", "top_k": 4})
     assert {c.task: c.p for c in with_adapter.candidates} != pytest.approx({c.task: c.p for c in without.candidates})
+    # "adapter": "none" asks for the bare base model on a server whose default is the adapter
+    bare = _route(router, {**request_payload, "strategy": "zero_shot", "top_k": 4, "adapter": "none"})
+    assert bare.adapter is None
+    assert {c.task: c.p for c in bare.candidates} == pytest.approx({c.task: c.p for c in without.candidates}, abs=1e-4)

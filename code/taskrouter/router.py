@@ -39,6 +39,7 @@ class Router:
         """Choose the task after the request's last user message; never a name outside the list."""
         start = time.perf_counter()
         adapter = request.adapter if request.adapter is not None else self.default_adapter
+        adapter = None if adapter == NONE else adapter  # "none": the bare base model
         if adapter is not None and adapter not in self.loaded.adapters:
             known = ", ".join(self.loaded.adapters) or "none loaded"
             raise RequestError("unknown_adapter", f"adapter: {adapter!r} is not loaded (known: {known})", 404)
