@@ -22,6 +22,7 @@ class Limits(BaseModel):
     max_tasks: int = 256
     max_text_bytes: int = 64 * 1024
     max_top_k: int = 256
+    max_name_bytes: int = 128  # a task name is an identifier; its tokens become trie nodes
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -173,6 +174,10 @@ def _check_limits(payload: dict, limits: Limits) -> None:
         raise RequestError("too_large", f"messages: at most {limits.max_messages} messages", 413)
     if isinstance(tasks, list) and len(tasks) > limits.max_tasks:
         raise RequestError("too_large", f"tasks: at most {limits.max_tasks} tasks", 413)
+    for i, task in enumerate(tasks if isinstance(tasks, list) else ()):
+        name = task.get("name") if isinstance(task, dict) else None
+        if isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
+            raise RequestError("invalid_field", f"tasks[{i}].name: at most {limits.max_name_bytes} bytes")
     size = 0
     for key, items, fields in (("messages", messages, ("content",)), ("tasks", tasks, ("name", "description"))):
         for item in items if isinstance(items, list) else ():
