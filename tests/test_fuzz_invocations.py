@@ -45,7 +45,8 @@ def report(request):
     yield
     line = (f"fuzz /invocations: {sum(COUNTS.values())} requests; status counts "
             + ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items())))
-    request.config.pluginmanager.get_plugin("terminalreporter").write_line(line)
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print("\n" + line)
 
 
 def check(res, names: set[str] | None) -> None:
