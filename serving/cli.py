@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -11,16 +12,26 @@ from pathlib import Path
 
 
 def unpack_artifact(path: str) -> str:
-    """A model.tar.gz is unpacked into a temporary directory (as SageMaker does into /opt/ml/model)."""
+    """A model.tar.gz is unpacked (as SageMaker does into /opt/ml/model) once per archive content."""
     if Path(path).is_dir():
         return path
     if not tarfile.is_tarfile(path):
         raise SystemExit(f"--model-dir {path}: neither a directory nor a model.tar.gz")
-    target = tempfile.mkdtemp(prefix="taskrouter-model-")
-    print(f"taskrouter: unpacking {path} into {target}", file=sys.stderr)
-    with tarfile.open(path) as tar:
-        tar.extractall(target, filter="data")
-    return target
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    target = Path(tempfile.gettempdir()) / f"taskrouter-model-{digest.hexdigest()[:16]}"
+    if not target.is_dir():
+        partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        print(f"taskrouter: unpacking {path} into {target}", file=sys.stderr)
+        with tarfile.open(path) as tar:
+            tar.extractall(partial, filter="data")
+        try:
+            partial.rename(target)
+        except OSError:  # another process unpacked the same archive first
+            shutil.rmtree(partial)
+    return str(target)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -111,3 +111,24 @@ def test_route_cli_names_a_bad_field(tiny_dir, tmp_path, request_payload):
         main(["route", "--tasks", str(tmp_path / "tasks.json"), "--conversation", str(tmp_path / "conv.json"),
               "--model-dir", str(tiny_dir)])
     assert "tasks[0].name" in str(info.value)
+
+
+def test_artifact_is_unpacked_once_per_content(tmp_path, monkeypatch):
+    import tarfile
+
+    from taskrouter.serving.cli import unpack_artifact
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "config.json", arcname="config.json")
+    first = unpack_artifact(str(archive))
+    assert (tmp_path / "tmp").joinpath(first).joinpath("config.json").exists()
+    assert unpack_artifact(str(archive)) == first
+    assert len(list((tmp_path / "tmp").iterdir())) == 1  # no second copy, no leftovers
+    (tmp_path / "junk.tar.gz").write_text("not a tarball")
+    with pytest.raises(SystemExit) as info:
+        unpack_artifact(str(tmp_path / "junk.tar.gz"))
+    assert "--model-dir" in str(info.value)
