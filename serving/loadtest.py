@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="http://127.0.0.1:8080", help="router URL (default http://127.0.0.1:8080)")
     parser.add_argument("--bench", default=os.environ.get("TASKROUTER_BENCH", str(DEFAULT_BENCH)),
                         help="router-bench JSONL whose conversations are replayed (default ../shared/data/sgd/dev.jsonl)")
-    parser.add_argument("--out", default="loadtest/results", help="directory for the CSV files and report.html")
+    parser.add_argument("--out", default="runs/loadtest", help="directory for the CSV files and report.html (default runs/loadtest)")
     parser.add_argument("--spawn-rate", type=float, help="users started per second (default: all at once)")
     parser.add_argument("--think-time", type=float, default=0.0, help="seconds a user waits between turns (default 0)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
