@@ -56,12 +56,15 @@ def _outlines_baseline(router, requests, strategy: str) -> dict:
 
     import outlines
 
-    from taskrouter.prompts import build_prompt
+    from taskrouter.prompts import build_prompt, encode_prompt
 
     model = outlines.from_transformers(router.loaded.model, router.loaded.tokenizer)
     times = []
     for req in requests:
-        text = "".join(build_prompt(strategy, req.tasks, req.messages, req.current_task).segments)
+        prompt = build_prompt(strategy, req.tasks, req.messages, req.current_task)
+        budget = router.prompt_budget(strategy, router.default_adapter)  # the same truncated prompt the router sees
+        text = router.loaded.tokenizer.decode(encode_prompt(router.loaded.tokenizer, prompt, budget).ids,
+                                              skip_special_tokens=True)
         choice = Literal[tuple(req.task_names + ["none"])]
         start = time.perf_counter()
         with torch.inference_mode(), router.loaded.use_adapter(router.default_adapter):
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     probe = request(0, args.turns)
     strategy = args.strategy or ("adapter" if router.default_adapter else "zero_shot")
     ids = encode_prompt(router.loaded.tokenizer, build_prompt(strategy, probe.tasks, probe.messages, probe.current_task),
-                        router.max_prompt_tokens).ids
+                        router.prompt_budget(strategy, router.default_adapter)).ids
     router.route(request(999, args.turns))  # warm-up: allocator, kernels
     cold, free, nxt, new_conv, forward = [], [], [], [], []
     for i in range(args.samples):

@@ -55,3 +55,15 @@ def test_trie_shares_prefixes(tiny_router):
     assert common > 0
     assert len(trie.tokens) - 1 == len(a) + len(b) - common  # the common tokens appear once
     assert sorted(trie.leaf_of.values()) == [0, 1]
+
+
+def test_forced_tokens_are_never_computed(tiny_router):
+    tok = tiny_router.loaded.tokenizer
+    distinct = [n for n in ["meeting_recap", "follow_up_email", "prepare_a_quote", "none"]]
+    firsts = {tok.encode(answer_text(n), add_special_tokens=False)[0] for n in distinct}
+    assert len(firsts) == len(distinct)  # the names differ in their first token
+    assert NameTrie.build(tok, distinct).internal == []  # the choice is made at the root, nothing more to feed
+    shared = NameTrie.build(tok, ["meeting_recap", "meeting_recap_long"])
+    a = tok.encode(answer_text("meeting_recap"), add_special_tokens=False)
+    # the shared prefix up to the branching point is fed, the forced tail of the longer name is not
+    assert 0 < len(shared.internal) <= len(a) and len(shared.internal) < len(shared.tokens) - 1

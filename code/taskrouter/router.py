@@ -46,7 +46,7 @@ class Router:
         strategy = request.strategy or ("adapter" if adapter else "zero_shot")
         names = request.task_names + [NONE]
         prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task)
-        encoded = encode_prompt(self.loaded.tokenizer, prompt, self._budget(strategy, adapter))
+        encoded = encode_prompt(self.loaded.tokenizer, prompt, self.prompt_budget(strategy, adapter))
         with self.lock, self.loaded.use_adapter(adapter), torch.inference_mode():
             cache, hidden = self._prefill(encoded.segments, f"{self.loaded.name}|{adapter}")
             raw = None
@@ -74,7 +74,7 @@ class Router:
             valid=valid, raw=raw, latency_ms=round((time.perf_counter() - start) * 1000, 2),
         )
 
-    def _budget(self, strategy: str, adapter: str | None) -> int:
+    def prompt_budget(self, strategy: str, adapter: str | None) -> int:
         """Prompt token budget: an adapter sees prompts truncated as in its training (train/serve parity)."""
         if strategy == "adapter" and adapter is not None:
             trained = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("max_tokens")

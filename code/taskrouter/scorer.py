@@ -1,8 +1,8 @@
 """Grammar-constrained choice of one name from a dynamic list, by exact scoring.
 
 Hand-written because it is what makes the router both correct and fast: the
-allowed answers form a trie of token ids; every internal trie node is fed to the
-model in ONE forward pass on top of the prompt's KV cache (tree attention: a node
+allowed answers form a trie of token ids; every trie node up to the last branching
+point is fed to the model in ONE forward pass on top of the prompt's KV cache (tree attention: a node
 sees the prompt and its own ancestors), and only the LM-head rows of each node's
 allowed children are computed, never the 262k-row vocabulary. The result is the
 exact distribution constrained decoding would give, over every name at once.
@@ -47,10 +47,25 @@ class NameTrie:
         return trie
 
     @property
+    def branching(self) -> set[int]:
+        """Nodes with several children: the only places where constrained decoding has a choice."""
+        seen: set[int] = set()
+        return {p for p in self.parent[1:] if p in seen or seen.add(p)}
+
+    @property
     def internal(self) -> list[int]:
-        """Non-root nodes that have children: the ones the model must see."""
-        has_child = set(self.parent[1:])
-        return [n for n in range(1, len(self.tokens)) if n in has_child]
+        """Non-root nodes the model must see: branching nodes and their ancestors.
+
+        Past the last branching node a name is forced (one allowed token per step, probability 1),
+        so its remaining tokens are never computed: with names that differ in their first token,
+        the whole choice costs no forward pass beyond the prompt.
+        """
+        needed: set[int] = set()
+        for node in self.branching:
+            while node > 0 and node not in needed:
+                needed.add(node)
+                node = self.parent[node]
+        return sorted(needed)  # a parent's index is always smaller than its children's
 
 
 def _tree_masks(model, trie: NameTrie, nodes: list[int], prefix_len: int, device) -> object:
@@ -98,23 +113,25 @@ def score_names(model, trie: NameTrie, cache, last_hidden: torch.Tensor) -> torc
         cache.crop(-len(nodes))
         for i, n in enumerate(nodes):
             hidden[n] = out.last_hidden_state[0, i]
-    edges = list(range(1, len(trie.tokens)))
-    parents = torch.tensor([trie.parent[e] for e in edges])
-    rows = head.weight[torch.tensor([trie.tokens[e] for e in edges], device=head.weight.device)]
-    states = torch.stack([hidden[trie.parent[e]] for e in edges]).to(rows.dtype)
-    logits = (states * rows).sum(-1).float()
-    if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[[trie.tokens[e] for e in edges]].float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    # log-softmax among siblings: the constrained distribution at each node
-    logits = logits.cpu()
-    group_max = torch.full((len(trie.tokens),), -torch.inf).scatter_reduce(0, parents, logits, "amax")
-    exp = torch.exp(logits - group_max[parents])
-    group_sum = torch.zeros(len(trie.tokens)).scatter_add(0, parents, exp)
-    edge_logp = torch.zeros(len(trie.tokens))
-    edge_logp[1:] = logits - group_max[parents] - torch.log(group_sum[parents])
+    edge_logp = torch.zeros(len(trie.tokens))  # forced steps (an only child) keep log p = 0
+    branching = trie.branching
+    edges = [e for e in range(1, len(trie.tokens)) if trie.parent[e] in branching]
+    if edges:
+        parents = torch.tensor([trie.parent[e] for e in edges])
+        rows = head.weight[torch.tensor([trie.tokens[e] for e in edges], device=head.weight.device)]
+        states = torch.stack([hidden[trie.parent[e]] for e in edges]).to(rows.dtype)
+        logits = (states * rows).sum(-1).float()
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[[trie.tokens[e] for e in edges]].float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        # log-softmax among siblings: the constrained distribution at each branching node
+        logits = logits.cpu()
+        group_max = torch.full((len(trie.tokens),), -torch.inf).scatter_reduce(0, parents, logits, "amax")
+        exp = torch.exp(logits - group_max[parents])
+        group_sum = torch.zeros(len(trie.tokens)).scatter_add(0, parents, exp)
+        edge_logp[edges] = logits - group_max[parents] - torch.log(group_sum[parents])
     logp = torch.zeros(len(trie.names))
     for leaf, index in trie.leaf_of.items():
         total, node = 0.0, leaf
