@@ -27,7 +27,7 @@ from tqdm import tqdm
 from taskrouter.events import event_for
 from taskrouter.schema import NONE, Task
 
-from .records import BenchRecord, describe, reason_of
+from .records import BenchRecord, describe, parse_shares, reason_of
 from .teacher import Teacher, TeacherError
 
 # share of each scripted situation; `task` = one task from start to the last turn
@@ -139,20 +139,7 @@ def read_tasks(path: str | Path) -> list[dict]:
 
 def parse_mix(text: str) -> dict[str, float]:
     """`task=0.35,switch=0.25,...` -> shares of the scripted situations (missing kinds get 0)."""
-    mix = dict.fromkeys(MIX, 0.0)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, share = part.partition("=")
-        if kind not in MIX:
-            raise ValueError(f"--mix: unknown situation {kind!r} (use {', '.join(MIX)})")
-        try:
-            mix[kind] = float(share)
-        except ValueError:
-            raise ValueError(f"--mix: {part!r} is not KIND=SHARE") from None
-        if mix[kind] < 0:
-            raise ValueError(f"--mix: {kind} share must not be negative")
-    if sum(mix.values()) <= 0:
-        raise ValueError("--mix: at least one share must be positive")
-    return mix
+    return {**dict.fromkeys(MIX, 0.0), **parse_shares(text, MIX, "--mix", "situation")}
 
 
 def plan_for(index: int, seed: int, tasks: list[dict], mix: dict[str, float] | None = None) -> Plan:

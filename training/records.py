@@ -7,6 +7,8 @@ conversation may end with the assistant; generated ones must end with the user.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -88,3 +90,21 @@ def describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     path = ".".join(str(p) for p in err["loc"])
     return f"{path}: {err['msg']}" if path else err["msg"]
+
+
+def parse_shares(text: str, allowed: Collection[str], option: str, what: str) -> dict[str, float]:
+    """`a=0.3,b=0.7` -> {a: 0.3, b: 0.7}; a name outside `allowed` or a bad share is an error naming `option`."""
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in allowed:
+            raise ValueError(f"{option}: unknown {what} {name!r} (use {', '.join(allowed)})")
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{option}: {part!r} is not {what.upper()}=SHARE") from None
+        if shares[name] < 0:
+            raise ValueError(f"{option}: {name} share must not be negative")
+    if sum(shares.values()) <= 0:
+        raise ValueError(f"{option}: at least one share must be positive")
+    return shares

@@ -37,6 +37,7 @@ from taskrouter.loading import MANIFEST, load_base
 
 from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Example, build_examples, read_turns, sample_turns, \
     summarize
+from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -81,19 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_balance(text: str) -> dict[str, float]:
-    """`start=0.2,continue=0.25` -> weights; unknown events are an error naming the option."""
-    weights = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        event, _, value = part.partition("=")
-        if event not in EVENTS:
-            raise ValueError(f"--balance: unknown event {event!r} (events: {', '.join(EVENTS)})")
-        try:
-            weights[event] = float(value)
-        except ValueError:
-            raise ValueError(f"--balance: {part!r} is not EVENT=WEIGHT") from None
-    if not weights or sum(weights.values()) <= 0:
-        raise ValueError("--balance: give at least one positive weight")
-    return weights
+    """`start=0.2,continue=0.25` -> sampling weights per event."""
+    return parse_shares(text, EVENTS, "--balance", "event")
 
 
 def command_line(args: argparse.Namespace) -> str:
