@@ -56,13 +56,11 @@ class Router:
             if request.decoding == "free":
                 text, _, _ = self._greedy(cache, hidden, FREE_TOKENS, stop="\n")
                 raw = (raw + "\n" if raw else "") + text
-                probs, valid = self._parse_free(text, names), None
+                probs = self._parse_free(text, names)
             else:
                 probs = score_names(self.loaded.model, self._trie(names), cache, hidden)
-                valid = True
         order = torch.argsort(probs, descending=True).tolist()
-        if valid is None:
-            valid = bool(probs.sum() > 0)
+        valid = bool(probs.sum() > 0)  # only free text can name nothing listed
         best = names[order[0]] if valid else NONE
         task = None if best == NONE else best
         return RouteAnswer(
