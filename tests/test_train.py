@@ -13,8 +13,8 @@ from taskrouter.cli import build_parser, main
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
-from taskrouter.training.examples import encode_example
-from taskrouter.training.train import answer_loss
+from taskrouter.training.examples import Plan, Query, encode_pack
+from taskrouter.training.train import pack_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
@@ -39,9 +39,9 @@ def train(*argv) -> dict:
 
 def loss_on(model_dir: Path, adapter_dir: Path | None) -> float:
     loaded = load_model(str(model_dir), {"a": adapter_dir} if adapter_dir else None)
-    example = encode_example(loaded.tokenizer, TASKS, MESSAGES, None, "follow_up_email", 1024)
+    pack = encode_pack(loaded.tokenizer, Plan(tuple(TASKS), (Query(tuple(MESSAGES), None, "follow_up_email", "x"),)), 1024)
     with torch.no_grad():
-        return answer_loss(loaded.model, example, loaded.device).item()
+        return pack_loss(loaded.model, pack, loaded.device).item()
 
 
 def route(model_dir: Path, adapter_dir: Path) -> dict:

@@ -1,15 +1,17 @@
-"""Training examples: the serving prompt + answer, labels on the answer only, consistent augmentation, balance."""
-import json
+"""Training packs: the serving prompt + answer, labels on the answer only, one forward per pack, augmentation, balance."""
 import random
 from collections import Counter
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
+from taskrouter.loading import load_model
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
-from taskrouter.training.examples import IGNORE, Augment, augment, build_examples, encode_example, read_turns, \
-    sample_turns, splice_switch, turns_of
+from taskrouter.training.examples import IGNORE, Augment, Pack, Plan, Regrouper, augment, conversation_plan, \
+    encode_pack, keep_probabilities, sample_plans
+from taskrouter.training.train import pack_loss
 
 TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
          {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
@@ -21,10 +23,15 @@ MESSAGES = [{"role": "user", "content": "Please write a recap of the meeting wit
             {"role": "user", "content": "Send a follow-up email to the prospect."},
             {"role": "assistant", "content": "Done."},
             {"role": "user", "content": "Thanks, that's all."}]
-RECORD = {"id": "c1", "tasks": TASKS, "messages": MESSAGES,
+RECORD = {"id": "c1", "source": "x/train", "tasks": TASKS, "messages": MESSAGES,
           "labels": [{"turn": 0, "task": "meeting_recap", "event": "start"},
                      {"turn": 2, "task": "follow_up_email", "event": "switch"},
                      {"turn": 4, "task": None, "event": "end"}]}
+
+
+def single(i: int, task: str | None, text: str = "Will it rain tomorrow?") -> dict:
+    return {"id": f"q{i}", "source": "y/train", "tasks": TASKS, "messages": [{"role": "user", "content": text}],
+            "labels": [{"turn": 0, "task": task, "event": "none" if task is None else "start"}]}
 
 
 @pytest.fixture(scope="module")
@@ -32,88 +39,92 @@ def tokenizer(tiny_dir):
     return AutoTokenizer.from_pretrained(tiny_dir)
 
 
-def test_example_is_the_serving_prompt_plus_answer_with_labels_on_the_answer_only(tokenizer):
-    example = encode_example(tokenizer, TASKS, MESSAGES[:3], "meeting_recap", "follow_up_email", max_tokens=1024)
-    prompt = build_prompt("adapter", [Task(**t) for t in TASKS], [Message(**m) for m in MESSAGES[:3]], "meeting_recap")
-    prompt_ids = encode_prompt(tokenizer, prompt, 1024).ids
-    answer_ids = tokenizer.encode(answer_text("follow_up_email"), add_special_tokens=False)
-    assert example.input_ids == prompt_ids + answer_ids
-    assert example.labels[: len(prompt_ids)] == [IGNORE] * len(prompt_ids)
-    assert example.labels[len(prompt_ids):] == answer_ids
-    assert example.event == "switch"
-    end = encode_example(tokenizer, TASKS, MESSAGES, "follow_up_email", None, max_tokens=1024)
-    assert [i for i in end.labels if i != IGNORE] == tokenizer.encode(answer_text("none"), add_special_tokens=False)
-    assert end.event == "end"
+def test_each_example_is_the_serving_prompt_plus_answer_with_labels_on_the_answer_only(tokenizer):
+    pack = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
+    assert [e.event for e in pack.examples] == ["start", "switch", "end"]
+    for example, turn, current, gold in zip(pack.examples, (0, 2, 4), (None, "meeting_recap", "follow_up_email"),
+                                            ("meeting_recap", "follow_up_email", "none")):
+        prompt = build_prompt("adapter", [Task(**t) for t in TASKS], [Message(**m) for m in MESSAGES[: turn + 1]],
+                              current)
+        prompt_ids = encode_prompt(tokenizer, prompt, 1024).ids
+        answer_ids = tokenizer.encode(answer_text(gold), add_special_tokens=False)
+        assert pack.head + example.ids == prompt_ids + answer_ids
+        assert [t for t in example.labels if t != IGNORE] == answer_ids
+        assert example.labels[-len(answer_ids):] == answer_ids
 
 
-def test_long_prompts_drop_old_turns_but_keep_the_answer(tokenizer):
-    full = encode_example(tokenizer, TASKS, MESSAGES, "follow_up_email", None, max_tokens=1024)
-    short = encode_example(tokenizer, TASKS, MESSAGES, "follow_up_email", None, max_tokens=len(full.input_ids) - 10)
-    assert len(short.input_ids) < len(full.input_ids)
-    assert short.labels[-3:] == full.labels[-3:]
+def test_long_prompts_drop_old_turns_but_keep_the_head_and_the_answer(tokenizer):
+    full = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
+    budget = len(full.head) + len(full.examples[-1].ids) - 10
+    short = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=budget)
+    assert short.head == full.head and len(short.examples[-1].ids) < len(full.examples[-1].ids)
+    assert short.examples[-1].labels[-3:] == full.examples[-1].labels[-3:]
 
 
-def test_turns_carry_the_gold_previous_task():
-    turns = turns_of(RECORD, "x")
-    assert [(t.previous, t.task, t.event) for t in turns] == [
-        (None, "meeting_recap", "start"), ("meeting_recap", "follow_up_email", "switch"), ("follow_up_email", None, "end")]
+def test_one_forward_per_pack_gives_the_sum_of_separate_losses(tiny_dir, tokenizer):
+    """Tree attention must make every example see exactly its own prompt, even past the tiny model's sliding window."""
+    loaded = load_model(str(tiny_dir))
+    pack = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
+    assert len(pack.head) + len(pack.examples[-1].ids) > loaded.model.config.sliding_window
+    with torch.no_grad():
+        together = pack_loss(loaded.model, pack, loaded.device).item()
+        apart = [pack_loss(loaded.model, Pack(pack.head, [e]), loaded.device).item() for e in pack.examples]
+    assert len(set(round(a, 3) for a in apart)) == 3  # the examples really differ
+    assert together == pytest.approx(sum(apart), rel=1e-4)
 
 
 def test_renaming_keeps_gold_and_current_consistent():
-    turn = turns_of(RECORD, "x")[1]
+    plan = conversation_plan(RECORD)
     descriptions = {t["name"]: t["description"] for t in TASKS}
-    renamed = 0
     for seed in range(40):
-        tasks, current, gold = augment(turn, random.Random(seed), Augment(drop_distractors=0, drop_gold=0, rename=1))
-        by_name = {t["name"]: t["description"] for t in tasks}
-        assert by_name[gold] == descriptions["follow_up_email"]
-        assert by_name[current] == descriptions["meeting_recap"]
-        renamed += gold != "follow_up_email"
-    assert renamed == 40
+        renamed = augment(plan, random.Random(seed), Augment(drop_distractors=0, drop_gold=0, rename=1))
+        by_name = {t["name"]: t["description"] for t in renamed.tasks}
+        assert "meeting_recap" not in by_name
+        for before, after in zip(plan.queries, renamed.queries):
+            assert (after.gold is None) == (before.gold is None) and after.event == before.event
+            if before.gold:
+                assert by_name[after.gold] == descriptions[before.gold]
 
 
-def test_dropping_keeps_current_and_gold_unless_the_gold_is_dropped():
-    turn = turns_of(RECORD, "x")[1]
+def test_dropping_keeps_used_tasks_unless_one_leaves_and_its_turns_become_none():
+    plan = conversation_plan(RECORD)
     for seed in range(40):
-        tasks, current, gold = augment(turn, random.Random(seed), Augment(drop_distractors=1, drop_gold=0, rename=0))
-        names = [t["name"] for t in tasks]
-        assert {"meeting_recap", "follow_up_email"} <= set(names) and len(names) >= 2
-        tasks, current, gold = augment(turn, random.Random(seed), Augment(drop_distractors=0, drop_gold=1, rename=0))
-        assert gold is None and "follow_up_email" not in [t["name"] for t in tasks]
-        assert current == "meeting_recap" and current in [t["name"] for t in tasks]
-    continuing = turns_of({**RECORD, "labels": [{"turn": 0, "task": "weather", "event": "start"},
-                                                {"turn": 2, "task": "weather", "event": "continue"}]}, "x")[1]
-    _, current, gold = augment(continuing, random.Random(0), Augment(drop_distractors=0, drop_gold=1, rename=0))
-    assert gold == current == "weather"  # the current task is never dropped
+        kept = augment(plan, random.Random(seed), Augment(drop_distractors=1, drop_gold=0, rename=0))
+        names = {t["name"] for t in kept.tasks}
+        assert {"meeting_recap", "follow_up_email"} <= names and len(names) >= 2
+        dropped = augment(plan, random.Random(seed), Augment(drop_distractors=0, drop_gold=1, rename=0))
+        names = {t["name"] for t in dropped.tasks}
+        gone = ({"meeting_recap", "follow_up_email"} - names).pop()
+        assert len(names) == 4
+        for q in dropped.queries:
+            assert gone not in (q.gold, q.current) and (q.current is None or q.current in names)
+    gone_first = [q.event for q in augment(plan, random.Random(2), Augment(0, 1, 0)).queries]
+    assert gone_first in (["none", "start", "end"], ["start", "end", "none"])
 
 
-def test_sampling_balances_events(tmp_path):
-    lines = []
-    for i in range(60):
-        lines.append(dict(RECORD, id=f"c{i}"))
-        lines.append({"id": f"q{i}", "tasks": TASKS, "messages": MESSAGES[:1],
-                      "labels": [{"turn": 0, "task": None if i % 2 else "weather", "event": "none" if i % 2 else "start"}]})
-    path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in lines))
-    turns = read_turns(path)
-    weights = {"start": 0.25, "switch": 0.25, "end": 0.25, "none": 0.25, "continue": 0.25}  # no continue in the data
-    sample = sample_turns(turns, 400, weights, random.Random(0), synthetic_switch=0.5)
-    counts = Counter(t.event for t in sample)
-    assert counts == {"start": 100, "switch": 100, "end": 100, "none": 100}
-    assert Counter(t.source for t in sample if t.event == "switch")["synthetic-switch"] == 50
+def test_single_turn_rows_regroup_under_one_list_with_off_list_requests_as_none():
+    rows = [single(i, "weather") for i in range(5)] + [single(10 + i, "translate", "Say hi in Italian")
+                                                      for i in range(5)]
+    plan = Regrouper(rows).plan(rows[0], random.Random(0))
+    assert plan.tasks == tuple(TASKS) and plan.queries[0].gold == "weather"
+    assert all(q.gold in (None, "weather") and q.current is None for q in plan.queries)
+    for q in plan.queries:
+        assert (q.gold is None) == (q.messages[0]["content"] == "Say hi in Italian")
 
 
-def test_spliced_switch_joins_two_conversations():
-    first = turns_of(RECORD, "a")[0]
-    other = {"id": "c2", "tasks": [{"name": "weather", "description": "Weather forecast"}],
-             "messages": [{"role": "user", "content": "Will it rain?"}],
-             "labels": [{"turn": 0, "task": "weather", "event": "start"}]}
-    spliced = splice_switch(first, turns_of(other, "b")[0])
-    assert spliced.event == "switch" and spliced.previous == "meeting_recap" and spliced.task == "weather"
-    assert spliced.record["messages"][spliced.turn]["content"] == "Will it rain?"
-    assert {t["name"] for t in spliced.record["tasks"]} == {"meeting_recap", "weather"}
+def test_keep_probabilities_hit_the_balance():
+    counts = Counter({"continue": 800, "start": 100, "switch": 100})
+    keep = keep_probabilities(counts, {"start": 0.4, "continue": 0.3, "switch": 0.3})
+    kept = {e: counts[e] * keep[e] for e in counts}
+    assert keep["start"] == 1.0 and kept["continue"] / sum(kept.values()) == pytest.approx(0.3)
 
 
-def test_build_examples_without_augmentation_matches_the_gold(tokenizer):
-    examples = build_examples(tokenizer, turns_of(RECORD, "x"), 1024, random.Random(0), aug=None)
-    assert [e.event for e in examples] == ["start", "switch", "end"]
+def test_sampling_fills_the_quota_and_balances_events():
+    records = [dict(RECORD, id=f"c{i}") for i in range(30)] + [single(i, None if i % 2 else "weather")
+                                                               for i in range(30)]
+    balance = {"start": 0.25, "switch": 0.25, "end": 0.25, "none": 0.25, "continue": 0.25}  # no continue in the data
+    plans = sample_plans(records, 2000, balance, random.Random(0), aug=None, pilot=500)
+    counts = Counter(q.event for p in plans for q in p.queries)
+    assert sum(counts.values()) == 2000 and set(counts) == {"start", "switch", "end", "none"}
+    assert all(abs(c / 2000 - 0.25) < 0.05 for c in counts.values())
+    assert len(plans) < 2000  # examples are packed

@@ -1,12 +1,17 @@
-"""Turn router-bench conversations into training examples for the `adapter` prompt format.
+"""Turn router-bench conversations into training packs for the `adapter` prompt format.
 
-One example per labelled user turn: the prompt is exactly what the router sends
-at serving time (`build_prompt("adapter", ...)` + `encode_prompt`, with the gold
-previous task as the current task), followed by the answer `answer_text(name)`;
-the loss sees only the answer tokens. Turns are sampled balanced over events
-(start / continue / switch / end / none) and augmented (task order shuffled,
-distractors dropped, names rewritten, the gold task sometimes removed so the
-answer becomes none) so the model reads the list instead of memorising names.
+A pack is one task list (the prompt head) and the examples that share it: the
+labelled turns of one conversation, or single-turn requests (CLINC-style rows)
+regrouped under one row's list. Each example is exactly the serving prompt
+(`build_prompt("adapter", ...)` + `encode_prompt`, with the gold previous task as
+the current task) followed by the answer `answer_text(name)`; the loss sees only
+the answer tokens. The trainer runs a whole pack in one forward pass with tree
+attention (every example sees the head and itself), which is why packs exist: the
+head is ~170 of a 224-token prompt, so sharing it makes training ~3x cheaper for
+the same gradients. Augmentation is per pack (task order shuffled, distractors
+dropped, one task removed so its turns become none, names rewritten) so the model
+learns to read the list instead of memorising names; events are balanced by
+thinning each pack's turns with per-event keep probabilities.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from taskrouter.events import event_for
@@ -24,130 +29,115 @@ from taskrouter.schema import NONE, Message, Task
 IGNORE = -100
 EVENTS = ("start", "continue", "switch", "end", "none")
 DEFAULT_BALANCE = {"start": 0.2, "continue": 0.25, "switch": 0.2, "end": 0.15, "none": 0.2}
+REGROUP_IN_LIST = 6  # single-turn requests whose task is on the pack's list
+REGROUP_OTHER = 2  # random single-turn requests: mostly none for that list
 
 
 @dataclass(frozen=True)
-class Turn:
-    """One labelled user turn: the conversation it belongs to, its gold task and the previous one."""
+class Query:
+    """One labelled user turn to train on: the messages up to it, the gold previous task and its gold task."""
 
-    record: dict = field(repr=False)  # the router-bench conversation (tasks, messages, labels)
-    turn: int  # index of the user message in record["messages"]
-    task: str | None
-    previous: str | None
-    source: str  # the file it came from (or "synthetic-switch")
+    messages: tuple[dict, ...] = field(repr=False)
+    current: str | None
+    gold: str | None
+    source: str
 
     @property
     def event(self) -> str:
-        return event_for(self.previous, self.task)
+        return event_for(self.current, self.gold)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A task list and the queries routed against it (before tokenisation)."""
+
+    tasks: tuple[dict, ...]
+    queries: tuple[Query, ...]
 
 
 @dataclass
 class Example:
-    """Token ids of prompt + answer; `labels` is IGNORE on the prompt and the ids on the answer."""
+    """Token ids after the shared head (kept messages + tail + answer); labels only on the answer."""
 
-    input_ids: list[int]
+    ids: list[int]
     labels: list[int]
     event: str
     source: str
 
 
+@dataclass
+class Pack:
+    """Examples sharing one head (instruction + task list): one forward pass trains them all."""
+
+    head: list[int]
+    examples: list[Example]
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Probabilities of each augmentation (task order is always shuffled)."""
+    """Probabilities of each per-pack augmentation (task order is always shuffled)."""
 
     drop_distractors: float = 0.3
-    drop_gold: float = 0.08  # only where the gold task is not the current one: the answer becomes none
+    drop_gold: float = 0.08  # one task the pack asks for leaves the list: its turns become none
     rename: float = 0.2
 
 
-def turns_of(record: dict, source: str) -> list[Turn]:
-    """The labelled user turns of one conversation, each with its gold previous task."""
-    turns, previous = [], None
-    for label in sorted(record["labels"], key=lambda lab: lab["turn"]):
-        turns.append(Turn(record, label["turn"], label["task"], previous, source))
-        previous = label["task"]
-    return turns
-
-
-def read_turns(path: str | Path) -> list[Turn]:
-    """All labelled turns of a router-bench JSONL file."""
+def read_records(path: str | Path) -> list[dict]:
+    """The conversations of a router-bench JSONL file, each tagged with its source (`dir/stem`)."""
     source = Path(path).parent.name + "/" + Path(path).stem
-    turns: list[Turn] = []
+    records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    turns += turns_of(json.loads(line), source)
-                except (ValueError, KeyError) as exc:
+                    record = json.loads(line)
+                    record["tasks"], record["messages"], record["labels"]  # noqa: B018 (shape check)
+                except (ValueError, KeyError, TypeError) as exc:
                     raise ValueError(f"{path}:{n}: not a router-bench conversation ({exc})") from None
-    return turns
+                records.append({**record, "source": source})
+    return records
 
 
-def splice_switch(a: Turn, b: Turn) -> Turn | None:
-    """A synthetic switch: conversation `a` up to its turn (plus the assistant reply), then `b`'s first turn.
+def conversation_plan(record: dict) -> Plan:
+    """Every labelled turn of one conversation, each with its gold previous task."""
+    queries, previous = [], None
+    for label in sorted(record["labels"], key=lambda lab: lab["turn"]):
+        queries.append(Query(tuple(record["messages"][: label["turn"] + 1]), previous, label["task"],
+                             record["source"]))
+        previous = label["task"]
+    return Plan(tuple(record["tasks"]), tuple(queries))
 
-    `a` must be a turn with a task, `b` a start of another task; the list is `b`'s plus `a`'s task.
+
+def is_single_turn(record: dict) -> bool:
+    return len(record["messages"]) == 1 and len(record["labels"]) == 1
+
+
+class Regrouper:
+    """Single-turn requests of one source, regrouped under one row's task list.
+
+    A request whose task is on the list keeps it; any other becomes none, which is
+    what the router must answer when the list does not offer what the user asks.
     """
-    if a.task is None or b.task is None or b.previous is not None or a.task == b.task:
-        return None
-    messages = a.record["messages"][: a.turn + 2]
-    if messages[-1]["role"] != "assistant":
-        return None
-    names = {t["name"] for t in b.record["tasks"]}
-    carried = [t for t in a.record["tasks"] if t["name"] == a.task and t["name"] not in names]
-    tasks = carried + b.record["tasks"]  # short: about one list's length
-    record = {"id": f"{a.record['id']}+{b.record['id']}", "tasks": tasks,
-              "messages": messages + [b.record["messages"][b.turn]], "labels": []}
-    return Turn(record, len(messages), b.task, a.task, "synthetic-switch")
 
+    def __init__(self, records: list[dict]):
+        self.records = records
+        self.by_task: dict[str, list[dict]] = {}
+        for r in records:
+            if r["labels"][0]["task"] is not None:
+                self.by_task.setdefault(r["labels"][0]["task"], []).append(r)
 
-def sample_turns(turns: list[Turn], n: int, balance: dict[str, float], rng: random.Random,
-                 synthetic_switch: float = 0.2) -> list[Turn]:
-    """`n` turns drawn by event weight; within an event, evenly over source files.
-
-    A `synthetic_switch` share of the switches are spliced from two conversations
-    (cross-domain changes of mind that the corpora rarely contain).
-    """
-    buckets: dict[str, dict[str, list[Turn]]] = {}
-    for t in turns:
-        buckets.setdefault(t.event, {}).setdefault(t.source, []).append(t)
-    can_splice = bool(_spliced(turns, 1, random.Random(0)))
-    weights = {e: w for e, w in balance.items() if w > 0 and (buckets.get(e) or (e == "switch" and can_splice))}
-    chosen: list[Turn] = []
-    for event, want in _quotas(n, weights).items():
-        if event == "switch":
-            synthetic = want if not buckets.get("switch") else round(want * synthetic_switch)
-            chosen += _spliced(turns, synthetic, rng)
-            want -= synthetic
-        sources = buckets.get(event, {})
-        for i, (source, pool) in enumerate(sorted(sources.items())):
-            k = want // len(sources) + (1 if i < want % len(sources) else 0)
-            chosen += rng.sample(pool, k) if k <= len(pool) else rng.choices(pool, k=k)
-    rng.shuffle(chosen)
-    return chosen
-
-
-def _quotas(n: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split `n` in proportion to `weights`, exactly (largest remainders)."""
-    total = sum(weights.values())
-    exact = {k: n * w / total for k, w in weights.items()}
-    quotas = {k: int(v) for k, v in exact.items()}
-    for k in sorted(exact, key=lambda k: quotas[k] - exact[k])[: n - sum(quotas.values())]:
-        quotas[k] += 1
-    return quotas
-
-
-def _spliced(turns: list[Turn], k: int, rng: random.Random) -> list[Turn]:
-    heads = [t for t in turns if t.task is not None and t.turn + 1 < len(t.record["messages"])]
-    starts = [t for t in turns if t.event == "start"]
-    out: list[Turn] = []
-    for _ in range(k * 20 if heads and starts else 0):
-        if len(out) == k:
-            break
-        spliced = splice_switch(rng.choice(heads), rng.choice(starts))
-        if spliced is not None:
-            out.append(spliced)
-    return out
+    def plan(self, record: dict, rng: random.Random) -> Plan:
+        names = {t["name"] for t in record["tasks"]}
+        offered = sorted(names & self.by_task.keys())
+        picks = [record] + [rng.choice(self.by_task[n]) for n in rng.sample(offered, min(REGROUP_IN_LIST, len(offered)))]
+        picks += [rng.choice(self.records) for _ in range(REGROUP_OTHER)]
+        seen, queries = set(), []
+        for r in picks:
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                task = r["labels"][0]["task"]
+                queries.append(Query(tuple(r["messages"][:1]), None, task if task in names else None, r["source"]))
+        return Plan(tuple(record["tasks"]), tuple(queries))
 
 
 def _rename_style(rng: random.Random):
@@ -168,56 +158,88 @@ def _rename_style(rng: random.Random):
     return rename
 
 
-def augment(turn: Turn, rng: random.Random, aug: Augment) -> tuple[list[dict], str | None, str | None]:
-    """(tasks, current task, gold task) after shuffling, dropping and renaming, with the gold kept consistent."""
-    tasks = list(turn.record["tasks"])
-    gold, current = turn.task, turn.previous
-    keep = {n for n in (gold, current) if n is not None}
+def augment(plan: Plan, rng: random.Random, aug: Augment) -> Plan:
+    """The plan after shuffling, dropping and renaming tasks, with every gold and current task kept consistent."""
+    tasks = list(plan.tasks)
+    queries = list(plan.queries)
+    used = {n for q in queries for n in (q.gold, q.current) if n is not None}
     if rng.random() < aug.drop_distractors:
-        distractors = [t for t in tasks if t["name"] not in keep]
-        dropped = {t["name"] for t in rng.sample(distractors, rng.randint(0, len(distractors)))}
-        if len(tasks) - len(dropped) < 2:  # keep a choice to make
-            dropped = set(list(dropped)[: max(0, len(tasks) - 2)])
+        distractors = [t["name"] for t in tasks if t["name"] not in used]
+        room = max(0, len(tasks) - 2)  # keep a choice to make
+        dropped = set(rng.sample(distractors, min(room, rng.randint(0, len(distractors)))))
         tasks = [t for t in tasks if t["name"] not in dropped]
-    if gold is not None and gold != current and rng.random() < aug.drop_gold and len(tasks) > 1:
-        tasks = [t for t in tasks if t["name"] != gold]
-        gold = None  # what the user asks for is no longer on the list
+    if used and len(tasks) > 2 and rng.random() < aug.drop_gold:
+        gone = rng.choice(sorted(used))
+        tasks = [t for t in tasks if t["name"] != gone]
+        queries = [replace(q, gold=None if q.gold == gone else q.gold,
+                           current=None if q.current == gone else q.current) for q in queries]
     rng.shuffle(tasks)
     if rng.random() < aug.rename:
         rename = _rename_style(rng)
         mapping = {t["name"]: rename(t["name"], i) for i, t in enumerate(tasks)}
         if len(set(mapping.values())) == len(mapping) and NONE not in {v.lower() for v in mapping.values()}:
             tasks = [{**t, "name": mapping[t["name"]]} for t in tasks]
-            gold, current = mapping.get(gold, gold), mapping.get(current, current)
-    return tasks, current, gold
+            queries = [replace(q, gold=mapping.get(q.gold, q.gold), current=mapping.get(q.current, q.current))
+                       for q in queries]
+    return Plan(tuple(tasks), tuple(queries))
 
 
-def encode_example(tokenizer, tasks: list[dict], messages: list[dict], current: str | None, gold: str | None,
-                   max_tokens: int, source: str = "") -> Example:
-    """Prompt ids (the serving code path) + answer ids; labels only on the answer."""
-    prompt = build_prompt("adapter", [Task(**t) for t in tasks], [Message(**m) for m in messages], current)
-    prompt_ids = encode_prompt(tokenizer, prompt, max_tokens).ids
-    answer_ids = tokenizer.encode(answer_text(gold or NONE), add_special_tokens=False)
-    return Example(input_ids=prompt_ids + answer_ids, labels=[IGNORE] * len(prompt_ids) + answer_ids,
-                   event=event_for(current, gold), source=source)
+def keep_probabilities(counts: Counter, balance: dict[str, float]) -> dict[str, float]:
+    """Per-event keep probability that turns event counts `counts` into the shares of `balance`.
+
+    The event most under-represented relative to its target is always kept.
+    """
+    ratio = {e: balance.get(e, 0) / counts[e] for e in counts if counts[e]}
+    top = max(ratio.values(), default=0)
+    return {e: r / top for e, r in ratio.items()} if top else {}
 
 
-def build_examples(tokenizer, turns: list[Turn], max_tokens: int, rng: random.Random,
-                   aug: Augment | None = Augment()) -> list[Example]:
-    """One example per turn, augmented unless `aug` is None."""
+def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: random.Random,
+                 aug: Augment | None = Augment(), pilot: int = 300) -> list[Plan]:
+    """Plans holding `n` queries in all, drawn evenly over sources, events thinned toward `balance`."""
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    regroupers = {s: Regrouper([r for r in rs if is_single_turn(r)]) for s, rs in by_source.items()}
+    sources = sorted(by_source)
+
+    def draw(i: int) -> Plan:
+        source = sources[i % len(sources)]
+        record = rng.choice(by_source[source])
+        plan = regroupers[source].plan(record, rng) if is_single_turn(record) else conversation_plan(record)
+        return augment(plan, rng, aug) if aug else plan
+
+    counts = Counter(q.event for i in range(pilot) for q in draw(i).queries)
+    keep = keep_probabilities(counts, balance)
+    plans, total, i = [], 0, 0
+    while total < n and keep:
+        plan = draw(i)
+        i += 1
+        queries = [q for q in plan.queries if rng.random() < keep.get(q.event, 0)][: n - total]
+        if queries:
+            plans.append(Plan(plan.tasks, tuple(queries)))
+            total += len(queries)
+    return plans
+
+
+def encode_pack(tokenizer, plan: Plan, max_tokens: int) -> Pack:
+    """Token ids of the plan's head and of each query's serving prompt beyond it plus the answer."""
+    tasks = [Task(**t) for t in plan.tasks]
+    head: list[int] = []
     examples = []
-    for turn in turns:
-        if aug is None:
-            tasks, current, gold = turn.record["tasks"], turn.previous, turn.task
-        else:
-            tasks, current, gold = augment(turn, rng, aug)
-        messages = turn.record["messages"][: turn.turn + 1]
-        examples.append(encode_example(tokenizer, tasks, messages, current, gold, max_tokens, turn.source))
-    return examples
+    for q in plan.queries:
+        prompt = build_prompt("adapter", tasks, [Message(**m) for m in q.messages], q.current)
+        encoded = encode_prompt(tokenizer, prompt, max_tokens)
+        head = encoded.segments[0]  # the same for every query: it depends on the task list only
+        body = [i for segment in encoded.segments[1:] for i in segment]
+        answer = tokenizer.encode(answer_text(q.gold or NONE), add_special_tokens=False)
+        examples.append(Example(body + answer, [IGNORE] * len(body) + answer, q.event, q.source))
+    return Pack(head, examples)
 
 
-def summarize(examples: list[Example]) -> dict:
+def summarize(packs: list[Pack]) -> dict:
     """Counts by event and by source, for the manifest."""
-    return {"total": len(examples),
+    examples = [e for p in packs for e in p.examples]
+    return {"total": len(examples), "packs": len(packs),
             "by_event": dict(sorted(Counter(e.event for e in examples).items())),
             "by_source": dict(sorted(Counter(e.source for e in examples).items()))}

@@ -1,8 +1,9 @@
 """Train a LoRA adapter for the `adapter` prompt format on router-bench conversations.
 
 One example per labelled user turn, balanced over start / continue / switch /
-end / none and augmented (see training/examples.py); the prompt is built by the
-router's own prompt code, and the loss covers only the answer tokens. On CUDA
+end / none and augmented, grouped in packs that share a task list (see
+training/examples.py); the prompt is built by the router's own prompt code, the
+loss covers only the answer tokens, and a pack trains in one forward pass. On CUDA
 the base is loaded in 4-bit NF4 (QLoRA, paged AdamW from bitsandbytes); on CPU
 LoRA trains on a float32 base. Checkpoints are written as training goes and
 `--resume` continues from the latest. The result is a peft adapter plus the
@@ -34,9 +35,9 @@ from tqdm import tqdm
 
 from taskrouter.embedded import EMBEDDED_NAME
 from taskrouter.loading import MANIFEST, load_base
+from taskrouter.treeattention import tree_layout, tree_masks
 
-from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Example, build_examples, read_turns, sample_turns, \
-    summarize
+from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, encode_pack, read_records, sample_plans, summarize
 from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
@@ -61,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-modules", default="all-linear",
                         help="comma-separated module names to adapt (e.g. query_key_value for Falcon), "
                              "or 'all-linear' (every linear layer but the LM head)")
-    parser.add_argument("--grad-accum", type=int, default=8, help="examples per optimizer step (batch of 1 each)")
+    parser.add_argument("--grad-accum", type=int, default=8,
+                        help="examples per optimizer step (whole packs: a step closes once this many are seen)")
     parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
                         help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, augmentation and LoRA init")
@@ -131,16 +133,21 @@ def load_trainable(args: argparse.Namespace):
     return peft_model, tokenizer, base_name_of(args.base, name), quantization, device
 
 
-def answer_loss(model, example: Example, device: torch.device) -> torch.Tensor:
-    """-log p(answer): summed over its tokens, as the constrained scorer multiplies their probabilities.
+def pack_loss(model, pack: Pack, device: torch.device) -> torch.Tensor:
+    """-log p(answer) summed over the pack's examples, in one forward pass (tree attention over the shared head).
 
-    (A mean per token would weigh the two-token ` none` above long names and teach a bias
-    toward none.) The LM head runs only at the positions that predict the answer.
+    Each answer's loss is summed over its tokens, as the constrained scorer multiplies their
+    probabilities (a mean per token would weigh the two-token ` none` above long names and teach
+    a bias toward none). The LM head runs only at the positions that predict an answer token.
     """
-    ids = torch.tensor([example.input_ids], device=device)
-    labels = torch.tensor(example.labels, device=device)
-    hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0]
-    targets = (labels != IGNORE).nonzero()[:, 0]
+    allowed, positions = tree_layout([len(pack.head)] + [len(e.ids) for e in pack.examples],
+                                     [-1] + [0] * len(pack.examples))  # every example continues the head
+    ids = torch.tensor([pack.head + [i for e in pack.examples for i in e.ids]], device=device)
+    labels = torch.tensor([IGNORE] * len(pack.head) + [t for e in pack.examples for t in e.labels], device=device)
+    masks = tree_masks(model, allowed, positions, positions, device)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=masks,
+                                 position_ids=positions[None].to(device)).last_hidden_state[0]
+    targets = (labels != IGNORE).nonzero()[:, 0]  # an answer token's predictor is the token before it, same branch
     logits = model.get_output_embeddings()(hidden[targets - 1]).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
@@ -204,14 +211,15 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
     return state
 
 
-def prepare_examples(args: argparse.Namespace, tokenizer) -> list[Example]:
+def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
+    """The sampled, augmented and tokenised packs, repeated over the epochs (same sample each epoch)."""
     rng = random.Random(args.seed)
-    turns = [t for path in args.data for t in read_turns(path)]
-    if not turns:
+    records = [r for path in args.data for r in read_records(path)]
+    if not any(r["labels"] for r in records):
         raise ValueError("--data: the files hold no labelled turns")
-    sampled = sample_turns(turns, args.max_examples, parse_balance(args.balance), rng)
-    examples = build_examples(tokenizer, sampled, args.max_tokens, rng, Augment())
-    return [e for _ in range(args.epochs) for e in examples]
+    plans = sample_plans(records, args.max_examples, parse_balance(args.balance), rng, Augment())
+    packs = [encode_pack(tokenizer, plan, args.max_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
+    return [p for _ in range(args.epochs) for p in packs]
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -221,40 +229,47 @@ def train(args: argparse.Namespace) -> dict:
     args.alpha = args.alpha or 2 * args.rank
     checkpoints = Path(args.checkpoint_dir or out / CHECKPOINTS)
     model, tokenizer, base_name, quantization, device = load_trainable(args)
-    examples = prepare_examples(args, tokenizer)
+    packs = prepare_packs(args, tokenizer)
+    n_examples = sum(len(p.examples) for p in packs)
     optimizer = make_optimizer(model, args.lr, quantization)
+    params = [p for p in model.parameters() if p.requires_grad]
     key = fingerprint(args)
-    state = {"fingerprint": key, "step": 0, "done": 0, "loss": None, "seconds": 0.0}
+    state = {"fingerprint": key, "step": 0, "done": 0, "packs": 0, "loss": None, "seconds": 0.0}
     if args.resume and (path := latest_checkpoint(checkpoints)):
         state = load_checkpoint(model, optimizer, path, key)
-        print(f"resuming from {path} ({state['done']} of {len(examples)} examples done)", flush=True)
+        print(f"resuming from {path} ({state['done']} of {n_examples} examples done)", flush=True)
     budget = args.time_budget * 60 if args.time_budget is not None else None
     started, earlier = time.monotonic(), state["seconds"]  # the budget counts the training time of every resume
     stopped_early, pending = False, 0
-    total_steps = max(1, math.ceil(len(examples) / args.grad_accum))
-    bar = tqdm(total=len(examples), initial=state["done"], desc="train", unit="ex", dynamic_ncols=True)
-    for example in examples[state["done"]:]:
-        loss = answer_loss(model, example, device)
-        (loss / args.grad_accum).backward()
-        state["loss"] = loss.item() if state["loss"] is None else 0.95 * state["loss"] + 0.05 * loss.item()
-        state["done"] += 1
-        pending += 1
+    total_steps = max(1, math.ceil(n_examples / args.grad_accum))
+    bar = tqdm(total=n_examples, initial=state["done"], desc="train", unit="ex", dynamic_ncols=True)
+    for pack in packs[state["packs"]:]:
+        loss = pack_loss(model, pack, device)
+        loss.backward()  # summed over the pack; the step averages over every example it saw
+        mean = loss.item() / len(pack.examples)
+        state["loss"] = mean if state["loss"] is None else 0.95 * state["loss"] + 0.05 * mean
+        state["done"] += len(pack.examples)
+        state["packs"] += 1
+        pending += len(pack.examples)
         elapsed = state["seconds"] = earlier + time.monotonic() - started
         out_of_time = budget is not None and elapsed >= budget
-        if pending == args.grad_accum or state["done"] == len(examples) or out_of_time:
+        if pending >= args.grad_accum or state["packs"] == len(packs) or out_of_time:
             progress = state["step"] / total_steps
             if budget is not None:  # a time budget also drives the schedule, so a stopped run has cooled down
                 progress = max(progress, elapsed / budget if budget else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * lr_factor(progress)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            for p in params:
+                if p.grad is not None:
+                    p.grad /= pending
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             pending = 0
             if state["step"] % args.save_every == 0 or out_of_time:
                 save_checkpoint(model, optimizer, checkpoints, state)
-        bar.update(1)
+        bar.update(len(pack.examples))
         bar.set_postfix(loss=f"{state['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if out_of_time:
             stopped_early = True
@@ -273,7 +288,7 @@ def train(args: argparse.Namespace) -> dict:
         "base_model": base_name,
         "prompt_format": "adapter",
         "quantization": quantization,
-        "training_data": {"files": args.data, "examples": summarize(examples[: state["done"]])},
+        "training_data": {"files": args.data, "examples": summarize(packs[: state["packs"]])},
         "hyper_parameters": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
                              "target_modules": args.target_modules, "lr": args.lr, "epochs": args.epochs,
                              "grad_accum": args.grad_accum, "batch_size": 1, "max_tokens": args.max_tokens,
