@@ -1,8 +1,12 @@
 """`taskrouter bench latency`: cold / next-turn latency and constrained-vs-forward cost, in one run.
 
+(`taskrouter bench train` measures training speed instead: see training/speed.py.)
+
 The request is the issue's shape: ~400 tokens of prompt with 8 tasks. Each sample
 uses its own conversation (a distinct company name), so nothing is shared by
 accident between samples; "cold" empties the prefix cache before every request.
+The micro-batching figure routes 8 next-turn requests one at a time, then 8 others
+arriving together from 8 threads.
 """
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+BATCH = 8  # concurrent requests in the micro-batching figure
 TASKS = [
     ("answer_to_a_prospect", "Answer a question a prospect asked about the product or the offer"),
     ("follow_up_email", "Write a follow-up email to a prospect or a customer after a call or a meeting"),
@@ -73,18 +79,65 @@ def _outlines_baseline(router, requests, strategy: str) -> dict:
     return {"outlines_first_call_s": times[0], "outlines_steady_p50_s": statistics.median(times[1:] or times)}
 
 
+def _batching(router, request, turns: int) -> dict:
+    """BATCH next-turn requests (previous turns cached) routed one at a time, then other ones all at once."""
+    def next_turns(first: int) -> list:
+        for i in range(BATCH):
+            router.route(request(first + i, turns - 1))
+        return [request(first + i, turns) for i in range(BATCH)]
+
+    alone = next_turns(4000)
+    start = time.perf_counter()
+    for req in alone:
+        router.route(req)
+    one_at_a_time = time.perf_counter() - start
+    together = next_turns(5000)
+    with ThreadPoolExecutor(BATCH) as pool:
+        start = time.perf_counter()
+        list(pool.map(router.route, together))
+        at_once = time.perf_counter() - start
+    return {"batch_one_at_a_time_s": one_at_a_time, "batch_together_s": at_once,
+            "batch_speedup": one_at_a_time / at_once}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["latency"], help="latency: cold, next-turn and constrained-vs-forward figures")
+    parser.add_argument("what", choices=["latency", "train"],
+                        help="latency: cold, next-turn and constrained-vs-forward figures; "
+                             "train: seconds per training example, packed vs one forward per example")
     parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model and its adapters)")
     parser.add_argument("--strategy", default=None, help="prompt strategy (default: the adapter's, else zero_shot)")
-    parser.add_argument("--samples", type=int, default=10, help="requests per measured figure (default 10)")
+    parser.add_argument("--samples", type=int, default=10,
+                        help="latency: requests per measured figure; train: examples to train (default 10)")
     parser.add_argument("--turns", type=int, default=5, help="user turns in the measured request (default 5)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--no-outlines", action="store_true",
                         help="skip the outlines baseline (its first call indexes the whole vocabulary)")
+    parser.add_argument("--data", action="append", metavar="FILE",
+                        help="train: router-bench training file(s) to sample examples from (repeatable)")
+    parser.add_argument("--base", default="embedded", help="train: base model (default: the embedded one)")
+    parser.add_argument("--max-tokens", type=int, default=224, help="train: prompt length cap (default 224)")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.what == "train":
+        _train(args)
+        return
+    _latency(args)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from taskrouter.training import speed
+
+    if not args.data:
+        raise SystemExit("error: --data: bench train needs at least one router-bench training file")
+    figures = speed.measure(args.base, args.data, args.samples, args.max_tokens)
+    speed.report(figures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+def _latency(args: argparse.Namespace) -> None:
     from taskrouter import handler
     from taskrouter.kvcache import PrefixCache
     from taskrouter.prompts import build_prompt, encode_prompt
@@ -133,6 +186,7 @@ def run(args: argparse.Namespace) -> None:
         "plain_forward_p50_s": _percentiles(forward)[0],
         "free_decoding_cold_p50_s": _percentiles(free)[0],
     }
+    figures.update(_batching(router, request, args.turns))
     if not args.no_outlines:
         figures.update(_outlines_baseline(router, [request(3000 + i, args.turns) for i in range(args.samples)], strategy))
         figures["outlines_over_constrained"] = figures["outlines_steady_p50_s"] / figures["cold_p50_s"]
@@ -156,6 +210,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"  constrained answer (cold) / one plain forward      {figures['constrained_over_forward']:.2f}x")
     print(f"  constrained (cold) / free decoding (cold)          {figures['constrained_over_free']:.2f}x")
     print(f"  cold / next turn                                   {figures['next_turn_speedup_vs_cold']:.2f}x")
+    print(f"  {BATCH} next turns of {BATCH} conversations: one at a time {figures['batch_one_at_a_time_s'] * 1000:.0f} ms, "
+          f"arriving together {figures['batch_together_s'] * 1000:.0f} ms "
+          f"({figures['batch_speedup']:.2f}x, micro-batches of up to {router.batcher.max_batch})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N",
                         help="conversations per benchmark: the first N of a seeded shuffle (default: all)")
     parser.add_argument("--sample-seed", type=int, default=0, metavar="S", help="seed of the sampling (default 0)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="conversations routed at once (default 1). In-process they share micro-batches; "
+                             "latency is then measured under that load")
     parser.add_argument("--teacher-forcing", action="store_true",
                         help="current_task = the gold previous task instead of the router's previous answer")
     remote = parser.add_mutually_exclusive_group()
@@ -118,7 +121,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     remote = describe_remote(args.endpoint, args.sagemaker_endpoint)
     pool = RouterPool(configs, remote_router(args.endpoint, args.sagemaker_endpoint, args.region))
     out = Path(args.out)
-    result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote)
+    result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote,
+                     parallel=args.parallel)
     mode = ("teacher forcing" if args.teacher_forcing else "closed loop") + (f", {remote}" if remote else ", in-process")
     write_report(out, benches, configs, result["predictions"], command_line(args), mode)
     print(f"{result['computed_turns']} turns routed; report: {out / 'report.md'}")

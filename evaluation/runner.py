@@ -4,7 +4,9 @@ Closed loop by default: a request's `current_task` is the router's own previous
 answer in that conversation, as in a live conversation; with teacher forcing it
 is the gold previous task. Predictions are appended one whole conversation at a
 time, so an interrupted run resumes after the last complete conversation, and a
-conversation already predicted is never recomputed. `run.json` in the output
+conversation already predicted is never recomputed. With `parallel` > 1 several
+conversations are in flight at once (each still turn by turn), which lets an
+in-process router batch them. `run.json` in the output
 directory records what decides the predictions (config definitions, teacher
 forcing, remote target); resuming with a different setup is refused.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from taskrouter.events import event_for
@@ -91,10 +94,13 @@ def check_run_record(out: Path, record: dict) -> None:
 
 
 def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: RouterPool,
-            teacher_forcing: bool = False, remote: str | None = None, progress: bool = True) -> dict:
+            teacher_forcing: bool = False, remote: str | None = None, progress: bool = True,
+            parallel: int = 1) -> dict:
     """Predict what is missing for every (config, bench); returns {(config, bench): predictions} and counts."""
     from tqdm import tqdm
 
+    if parallel < 1:
+        raise ValueError(f"--parallel {parallel}: must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
     check_run_record(out, {"teacher_forcing": teacher_forcing, "remote": remote,
                            "configs": {c.name: c.definition() for c in configs}})
@@ -104,15 +110,22 @@ def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: Ro
             if conv["id"] not in done[(c.name, b.name)]]
     computed = 0
     with tqdm(total=sum(len(conv["labels"]) for _, _, conv in todo), unit="turn", disable=not progress,
-              desc="routing") as bar:
-        for config, bench, conv in todo:
-            bar.set_postfix_str(f"{config.name} / {bench.name}", refresh=False)
-            preds = route_conversation(pool.get(config), conv, config, teacher_forcing)
-            with open(predictions_path(out, config.name, bench.name), "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(p) + "\n" for p in preds))
-            done[(config.name, bench.name)][conv["id"]] = preds
-            computed += len(preds)
-            bar.update(len(preds))
+              desc="routing") as bar, ThreadPoolExecutor(parallel) as executor:
+        running = {executor.submit(route_conversation, pool.get(config), conv, config, teacher_forcing):
+                   (config, bench, conv) for config, bench, conv in todo}
+        try:
+            for future in running:  # written in order, one whole conversation at a time
+                config, bench, conv = running[future]
+                bar.set_postfix_str(f"{config.name} / {bench.name}", refresh=False)
+                preds = future.result()
+                with open(predictions_path(out, config.name, bench.name), "a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(p) + "\n" for p in preds))
+                done[(config.name, bench.name)][conv["id"]] = preds
+                computed += len(preds)
+                bar.update(len(preds))
+        except BaseException:  # an error or Ctrl-C: stop at once, what was written stays resumable
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
     predictions = {key: [p for conv in bench.conversations for p in by_id[conv["id"]]]
                    for bench in benches for key, by_id in done.items() if key[1] == bench.name}
     return {"predictions": predictions, "computed_turns": computed}

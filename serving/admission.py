@@ -1,11 +1,12 @@
 """Admission control: a bounded FIFO queue in front of the model, with a per-request deadline.
 
-The model computes one request at a time per worker (the Router serialises model
-calls), so under overload requests would pile up and every client would time out.
-Instead at most `max_queue` requests wait: the next one is refused at once with
-503 + Retry-After, and a request whose deadline passed while it waited is dropped
-before any compute (504). Configured by TASKROUTER_MAX_QUEUE, TASKROUTER_DEADLINE_MS
-and TASKROUTER_CONCURRENCY (model calls run at once per worker).
+The model computes one micro-batch at a time per worker, so under overload requests
+would pile up and every client would time out. Instead `concurrency` requests are
+handed to the router at once (they form its batches) and at most `max_queue` more
+wait: the next one is refused at once with 503 + Retry-After, and a request whose
+deadline passed while it waited is dropped before any compute (504). Configured by
+TASKROUTER_MAX_QUEUE, TASKROUTER_DEADLINE_MS and TASKROUTER_CONCURRENCY (default:
+TASKROUTER_BATCH_MAX, so a full batch can form).
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class Admission:
     def from_env(cls) -> "Admission":
         return cls(max_queue=int(os.environ.get("TASKROUTER_MAX_QUEUE", "32")),
                    deadline_ms=float(os.environ.get("TASKROUTER_DEADLINE_MS", "10000")),
-                   concurrency=int(os.environ.get("TASKROUTER_CONCURRENCY", "1")))
+                   concurrency=int(os.environ.get("TASKROUTER_CONCURRENCY",
+                                                  os.environ.get("TASKROUTER_BATCH_MAX", "8"))))
 
     @property
     def queued(self) -> int:

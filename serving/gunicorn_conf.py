@@ -1,8 +1,8 @@
 """gunicorn settings for the 2-core machine this project targets; every value can be overridden by env.
 
 One worker holds one model copy (≈1.1 GB in float32 for Gemma 270M) and computes
-one request at a time (the Router serialises model calls); its torch threads
-default to the cores divided among the workers. Worker threads only wait, so
+one micro-batch of concurrent requests at a time (taskrouter/batching.py); its
+torch threads default to the cores divided among the workers. Worker threads only wait, so
 there are more of them than the admission queue (TASKROUTER_MAX_QUEUE, default 32)
 holds: every connection reaches the app, which answers 503 + Retry-After at once
 beyond the queue instead of letting requests pile up unseen in gunicorn.

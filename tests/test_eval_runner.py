@@ -179,3 +179,17 @@ def test_missing_adapter_or_model_fails_before_any_work(tiny_dir, bench_file, tm
     with pytest.raises(SystemExit, match="config m: model '/no/such' is not a directory"):
         main(base + ["--config", "m:model=/no/such"])
     assert not list((tmp_path / "o").glob("predictions-*"))
+
+
+def test_parallel_conversations_give_the_same_predictions(tiny_dir, bench_file, tmp_path):
+    bench = load_bench(str(bench_file))
+    config = EvalConfig(name="tiny", model=str(tiny_dir))
+    one = run_all([bench], [config], tmp_path / "one", RouterPool([config]), progress=False)
+    pool = RouterPool([config])
+    three = run_all([bench], [config], tmp_path / "three", pool, progress=False, parallel=3)
+    tasks = lambda preds: [(p["id"], p["turn"], p["task"], p["event"]) for p in preds]  # noqa: E731
+    assert tasks(three["predictions"][("tiny", "mini")]) == tasks(one["predictions"][("tiny", "mini")])
+    assert pool.get(config).batcher.items == 5  # every turn went through the router's batcher
+    assert (tmp_path / "one" / "predictions-tiny-mini.jsonl").read_text().count("\n") == 5
+    with pytest.raises(ValueError, match="--parallel 0"):
+        run_all([bench], [config], tmp_path / "zero", pool, progress=False, parallel=0)

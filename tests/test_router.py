@@ -97,8 +97,8 @@ def test_prefix_cache_evicts_least_recently_used_within_its_byte_cap():
     assert "huge" not in cache and cache.stats.bytes <= 2 * one
 
 
-def test_longest_prefix_wins_and_copies_are_private():
-    from taskrouter.kvcache import PrefixCache, prefix_keys
+def test_longest_prefix_wins_and_joined_spans_leave_entries_untouched():
+    from taskrouter.kvcache import PrefixCache, join_spans, prefix_keys
 
     keys = prefix_keys("m|a", [[1, 2], [3], [4, 5]])
     assert keys != prefix_keys("m|b", [[1, 2], [3], [4, 5]])  # adapters never share a cache
@@ -106,10 +106,11 @@ def test_longest_prefix_wins_and_copies_are_private():
     cache = PrefixCache()
     cache.put(keys[0], 2, _kv(2))
     cache.put(keys[1], 3, _kv(3))
-    covered, copy = cache.longest(keys)
-    assert covered == 2 and copy.get_seq_length() == 3
-    copy.update(torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8), 0)
-    assert cache.longest(keys)[1].get_seq_length() == 3
+    covered, stored = cache.longest(keys)
+    assert covered == 2 and stored.get_seq_length() == 3
+    extended = join_spans([(stored, 0, 3)])
+    extended.update(torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8), 0)
+    assert extended.get_seq_length() == 4 and cache.longest(keys)[1].get_seq_length() == 3
 
 
 def test_router_cache_stays_under_its_cap(tiny_dir, request_payload):

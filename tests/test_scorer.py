@@ -4,7 +4,8 @@ import torch
 from taskrouter.kvcache import clone_cache
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
-from taskrouter.scorer import NameTrie, score_names
+from taskrouter.scorer import Anchor, NameTrie, score_names
+from taskrouter.treeattention import Layout
 from transformers import DynamicCache
 
 NAMES = ["meeting_recap", "meeting_recap_long", "follow_up_email", "prepare_a_quote", "a", "none"]
@@ -37,8 +38,8 @@ def test_tree_scoring_matches_brute_force_beyond_the_sliding_window(tiny_router)
         cache = DynamicCache()
         hidden = loaded.model.get_decoder()(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
         before = clone_cache(cache)
-        probs = score_names(loaded.model, NameTrie.build(loaded.tokenizer, NAMES), cache,
-                            hidden.last_hidden_state[0, -1])
+        anchor = Anchor(NameTrie.build(loaded.tokenizer, NAMES), 0, hidden.last_hidden_state[0, -1])
+        probs, = score_names(loaded.model, cache, Layout([len(ids)], [-1]), [anchor])
         expected = _brute_force(loaded.model, loaded.tokenizer, ids, NAMES)
     torch.testing.assert_close(probs, expected, atol=1e-4, rtol=1e-3)
     assert abs(float(probs.sum()) - 1) < 1e-5

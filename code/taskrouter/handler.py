@@ -5,7 +5,8 @@ calls exactly these, so SageMaker, on-prem and local serving share one path.
 Configuration comes from the environment (as on SageMaker):
 TASKROUTER_ADAPTERS (comma-separated names to load; default all that match the
 base), TASKROUTER_DEFAULT_ADAPTER, TASKROUTER_DTYPE, TASKROUTER_CACHE_MB,
-TASKROUTER_MAX_PROMPT_TOKENS, and the TASKROUTER_MAX_* request limits.
+TASKROUTER_MAX_PROMPT_TOKENS, TASKROUTER_BATCH_MAX and TASKROUTER_BATCH_WINDOW_MS
+(micro-batching of concurrent requests), and the TASKROUTER_MAX_* request limits.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         cache_bytes=int(os.environ.get("TASKROUTER_CACHE_MB", "512")) * 2**20,
         max_prompt_tokens=int(os.environ.get("TASKROUTER_MAX_PROMPT_TOKENS", "1024")),
         default_adapter=os.environ.get("TASKROUTER_DEFAULT_ADAPTER"),
+        max_batch=int(os.environ.get("TASKROUTER_BATCH_MAX", "8")),
+        batch_window_ms=float(os.environ.get("TASKROUTER_BATCH_WINDOW_MS", "2")),
     )
 
 

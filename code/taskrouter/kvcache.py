@@ -14,15 +14,25 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from transformers import DynamicCache
+
+
+def join_spans(spans: list[tuple[DynamicCache, int, int]]) -> DynamicCache:
+    """A new cache of the `(cache, start, length)` token spans laid end to end; the sources are not touched."""
+    joined = DynamicCache()
+    spans = [(c, start, n) for c, start, n in spans if n > 0]
+    if spans:
+        for i in range(len(spans[0][0].layers)):
+            keys = [c.layers[i].keys[..., start: start + n, :] for c, start, n in spans]
+            values = [c.layers[i].values[..., start: start + n, :] for c, start, n in spans]
+            joined.update(torch.cat(keys, dim=-2), torch.cat(values, dim=-2), i)
+    return joined
 
 
 def clone_cache(cache: DynamicCache, n_tokens: int | None = None) -> DynamicCache:
     """A deep copy of the first `n_tokens` (default all), extendable without touching the original."""
-    copy = DynamicCache()
-    for i, layer in enumerate(cache.layers):
-        copy.update(layer.keys[..., :n_tokens, :].clone(), layer.values[..., :n_tokens, :].clone(), i)
-    return copy
+    return join_spans([(cache, 0, cache.get_seq_length() if n_tokens is None else n_tokens)])
 
 
 def cache_bytes(cache: DynamicCache) -> int:
@@ -59,14 +69,17 @@ class PrefixCache:
         self.stats = CacheStats()
 
     def longest(self, keys: list[str]) -> tuple[int, DynamicCache | None]:
-        """(number of segments covered, a private copy of their cache) for the longest cached prefix."""
+        """(number of segments covered, their stored cache) for the longest cached prefix.
+
+        The stored cache is shared: read it (e.g. with `join_spans`), never extend it.
+        """
         with self._lock:
             for i in range(len(keys) - 1, -1, -1):
                 entry = self._entries.get(keys[i])
                 if entry is not None:
                     self._entries.move_to_end(keys[i])
                     self.stats.hits += 1
-                    return i + 1, clone_cache(entry[1])
+                    return i + 1, entry[1]
             self.stats.misses += 1
             return 0, None
 

@@ -3,32 +3,64 @@ from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache
 
+from .batching import MicroBatcher
 from .events import event_for
-from .kvcache import PrefixCache, prefix_keys
+from .kvcache import PrefixCache, join_spans, prefix_keys
 from .loading import LoadedModel
 from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, build_prompt, encode_prompt
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
-from .scorer import NameTrie, score_names
+from .scorer import Anchor, NameTrie, score_names
+from .treeattention import Layout, tree_layout, tree_masks
 
 FREE_TOKENS = 16
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """A prefilled batch: its KV cache (distinct cached prefixes, then each item's new tokens),
+    their layout, each item's segment and the hidden state at each item's answer lead."""
+
+    cache: DynamicCache
+    layout: Layout
+    segments: list[int]
+    hidden: list[torch.Tensor]
+
+    def own_cache(self, item: int) -> DynamicCache:
+        """Item's own contiguous cache (its prefix then its new tokens), a copy."""
+        return join_spans([(self.cache, start, n) for start, n in self.layout.spans(self.segments[item])])
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A validated request, prompt encoded, waiting for its batch."""
+
+    request: RouteRequest
+    started: float
+    adapter: str | None
+    strategy: str
+    names: list[str]
+    reasoning_lead: str | None
+    segments: list[list[int]]
+
+
 class Router:
-    """Routes requests on a loaded model; thread-safe (model calls are serialised by a lock)."""
+    """Routes requests on a loaded model; thread-safe. Concurrent requests run as micro-batches
+    (up to `max_batch`, waiting `batch_window_ms` for company) in one forward pass."""
 
     def __init__(self, loaded: LoadedModel, cache_bytes: int = 512 * 2**20, max_prompt_tokens: int = 1024,
-                 default_adapter: str | None = None):
+                 default_adapter: str | None = None, max_batch: int = 8, batch_window_ms: float = 2.0):
         self.loaded = loaded
         self.cache = PrefixCache(cache_bytes)
         self.max_prompt_tokens = max_prompt_tokens
         self.default_adapter = default_adapter if default_adapter in loaded.adapters else next(iter(loaded.adapters), None)
-        self.lock = threading.Lock()
+        self.batcher = MicroBatcher(self._route_batch, max_batch, batch_window_ms / 1000)
         self._tries: dict[tuple[str, ...], NameTrie] = {}
 
     @property
@@ -37,28 +69,65 @@ class Router:
 
     def route(self, request: RouteRequest) -> RouteAnswer:
         """Choose the task after the request's last user message; never a name outside the list."""
-        start = time.perf_counter()
+        return self.batcher.submit(self._job(request))
+
+    def _job(self, request: RouteRequest) -> _Job:
+        """Resolve adapter and strategy and encode the prompt, in the caller's thread (errors stay its own)."""
+        started = time.perf_counter()
         adapter = request.adapter if request.adapter is not None else self.default_adapter
         adapter = None if adapter == NONE else adapter  # "none": the bare base model
         if adapter is not None and adapter not in self.loaded.adapters:
             known = ", ".join(self.loaded.adapters) or "none loaded"
             raise RequestError("unknown_adapter", f"adapter: {adapter!r} is not loaded (known: {known})", 404)
         strategy = request.strategy or ("adapter" if adapter else "zero_shot")
-        names = request.task_names + [NONE]
         prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task)
         encoded = encode_prompt(self.loaded.tokenizer, prompt, self.prompt_budget(strategy, adapter))
-        with self.lock, self.loaded.use_adapter(adapter), torch.inference_mode():
-            cache, hidden = self._prefill(encoded.segments, f"{self.loaded.name}|{adapter}")
-            raw = None
-            if prompt.reasoning_lead:
-                reasoning, cache, hidden = self._reason(cache, hidden, strategy)
-                raw = reasoning
-            if request.decoding == "free":
-                text, _, _ = self._greedy(cache, hidden, FREE_TOKENS, stop="\n")
-                raw = (raw + "\n" if raw else "") + text
-                probs = self._parse_free(text, names)
-            else:
-                probs = score_names(self.loaded.model, self._trie(names), cache, hidden)
+        return _Job(request, started, adapter, strategy, request.task_names + [NONE], prompt.reasoning_lead,
+                    encoded.segments)
+
+    def _route_batch(self, jobs: Sequence[_Job]) -> list[RouteAnswer | Exception]:
+        """Per adapter: one prefill forward for the whole batch, one forward for all constrained
+        choices; reasoning and free decoding then run request by request."""
+        results: list[RouteAnswer | Exception] = [RuntimeError("not routed")] * len(jobs)
+        by_adapter: dict[str | None, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_adapter.setdefault(job.adapter, []).append(i)
+        for adapter, indices in by_adapter.items():
+            with self.loaded.use_adapter(adapter), torch.inference_mode():
+                try:
+                    batch = self._prefill([jobs[i].segments for i in indices], f"{self.loaded.name}|{adapter}")
+                    direct = [k for k, i in enumerate(indices)
+                              if jobs[i].request.decoding == "constrained" and not jobs[i].reasoning_lead]
+                    anchors = [Anchor(self._trie(jobs[indices[k]].names), batch.segments[k], batch.hidden[k])
+                               for k in direct]
+                    for k, probs in zip(direct, score_names(self.loaded.model, batch.cache, batch.layout, anchors)):
+                        results[indices[k]] = self._answer(jobs[indices[k]], probs, None)
+                except Exception as exc:  # noqa: BLE001 (reported to each caller of these forward passes)
+                    for i in indices:
+                        results[i] = exc
+                    continue
+                for k, i in enumerate(indices):
+                    if k not in direct:
+                        try:
+                            results[i] = self._answer(jobs[i], *self._decode(jobs[i], batch.own_cache(k),
+                                                                             batch.hidden[k]))
+                        except Exception as exc:  # noqa: BLE001 (one request's failure is its own)
+                            results[i] = exc
+        return results
+
+    def _decode(self, job: _Job, cache: DynamicCache, hidden: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Reasoning (few_shot_cot / react) then the constrained choice, or free text: (probabilities, raw text)."""
+        raw = None
+        if job.reasoning_lead:
+            raw, cache, hidden = self._reason(cache, hidden, job.strategy)
+        if job.request.decoding == "free":
+            text, _, _ = self._greedy(cache, hidden, FREE_TOKENS, stop="\n")
+            return self._parse_free(text, job.names), (raw + "\n" if raw else "") + text
+        layout = Layout([cache.get_seq_length()], [-1])
+        return score_names(self.loaded.model, cache, layout, [Anchor(self._trie(job.names), 0, hidden)])[0], raw
+
+    def _answer(self, job: _Job, probs: torch.Tensor, raw: str | None) -> RouteAnswer:
+        request, names = job.request, job.names
         order = torch.argsort(probs, descending=True).tolist()
         valid = bool(probs.sum() > 0)  # only free text can name nothing listed
         best = names[order[0]] if valid else NONE
@@ -68,8 +137,8 @@ class Router:
             event=event_for(request.current_task, task),
             confidence=float(probs[order[0]]) if valid else 0.0,
             candidates=[Candidate(task=names[i], p=round(float(probs[i]), 6)) for i in order[: request.top_k]],
-            model=self.loaded.name, adapter=adapter, strategy=strategy, decoding=request.decoding,
-            valid=valid, raw=raw, latency_ms=round((time.perf_counter() - start) * 1000, 2),
+            model=self.loaded.name, adapter=job.adapter, strategy=job.strategy, decoding=request.decoding,
+            valid=valid, raw=raw, latency_ms=round((time.perf_counter() - job.started) * 1000, 2),
         )
 
     def prompt_budget(self, strategy: str, adapter: str | None) -> int:
@@ -95,18 +164,40 @@ class Router:
         tensor = torch.tensor([ids], device=self.loaded.device)
         return body(input_ids=tensor, cache=cache, use_cache=True).last_hidden_state[0, -1]
 
-    def _prefill(self, segments: list[list[int]], namespace: str) -> tuple[DynamicCache, torch.Tensor]:
-        """Run what the longest cached prefix does not cover in ONE forward pass, then keep two
-        checkpoints (after the instruction + task list, after the last message) as slices of it."""
-        keys = prefix_keys(namespace, segments[:-1])  # the tail (current task + lead) is never cached
-        covered, cache = self.cache.longest(keys)
-        cache = cache if cache is not None else DynamicCache()
-        hidden = self._forward([t for seg in segments[covered:] for t in seg], cache)
-        ends = list(itertools.accumulate(len(seg) for seg in segments))
-        for i in {0, len(keys) - 1}:
-            if i >= covered and keys[i] not in self.cache:
-                self.cache.put(keys[i], ends[i], cache)
-        return cache, hidden
+    def _prefill(self, items: list[list[list[int]]], namespace: str) -> _Batch:
+        """For every item (prompt segments), compute what its longest cached prefix does not cover:
+        all items in ONE forward pass, the distinct cached prefixes laid end to end and each item's
+        new tokens attending to its own prefix and itself. Keeps two checkpoints per item (after
+        the instruction + task list, after the last message) in the prefix cache."""
+        keys = [prefix_keys(namespace, segments[:-1]) for segments in items]  # the tail is never cached
+        hits = [self.cache.longest(k) for k in keys]
+        prefixes: dict[int, int] = {}  # id(stored cache) -> its segment in the layout
+        stored: list[DynamicCache] = []
+        for _, cache in hits:
+            if cache is not None and id(cache) not in prefixes:
+                prefixes[id(cache)] = len(stored)
+                stored.append(cache)
+        news = [[t for seg in segments[covered:] for t in seg] for segments, (covered, _) in zip(items, hits)]
+        layout = Layout([c.get_seq_length() for c in stored] + [len(n) for n in news],
+                        [-1] * len(stored) + [prefixes[id(c)] if c is not None else -1 for _, c in hits])
+        allowed, positions = tree_layout(layout.lengths, layout.parents)
+        past_len = sum(layout.lengths[: len(stored)])
+        past = join_spans([(c, 0, c.get_seq_length()) for c in stored])
+        device = self.loaded.device
+        masks = tree_masks(self.loaded.model, allowed[past_len:], positions[past_len:], positions, device)
+        ids = torch.tensor([[t for n in news for t in n]], device=device)
+        hidden = self.loaded.model.get_decoder()(input_ids=ids, attention_mask=masks, cache=past, use_cache=True,
+                                                 position_ids=positions[None, past_len:].to(device)).last_hidden_state[0]
+        ends_new = list(itertools.accumulate(len(n) for n in news))
+        batch = _Batch(past, layout, [len(stored) + i for i in range(len(items))],
+                       [hidden[end - 1] for end in ends_new])
+        for i, (segments, (covered, _)) in enumerate(zip(items, hits)):
+            ends = list(itertools.accumulate(len(seg) for seg in segments))
+            missing = [j for j in {0, len(keys[i]) - 1} if j >= covered and keys[i][j] not in self.cache]
+            own = batch.own_cache(i) if missing else None
+            for j in missing:
+                self.cache.put(keys[i][j], ends[j], own)
+        return batch
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.loaded.model.get_output_embeddings()(hidden[None]).float()[0]

@@ -2,10 +2,11 @@
 
 Hand-written because it is what makes the router both correct and fast: the
 allowed answers form a trie of token ids; every trie node up to the last branching
-point is fed to the model in ONE forward pass on top of the prompt's KV cache (tree attention: a node
-sees the prompt and its own ancestors), and only the LM-head rows of each node's
-allowed children are computed, never the 262k-row vocabulary. The result is the
-exact distribution constrained decoding would give, over every name at once.
+point is fed to the model in ONE forward pass on top of the prompt's KV cache (tree
+attention: a node sees its prompt and its own ancestors; a whole batch of requests'
+tries goes in the same pass), and only the LM-head rows of each node's allowed
+children are computed, never the 262k-row vocabulary. The result is the exact
+distribution constrained decoding would give, over every name at once.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .prompts import answer_text
+from .treeattention import Layout, tree_layout, tree_masks
 
 
 @dataclass
@@ -68,51 +70,51 @@ class NameTrie:
         return sorted(needed)  # a parent's index is always smaller than its children's
 
 
-def _tree_masks(model, trie: NameTrie, nodes: list[int], prefix_len: int, device) -> object:
-    """Boolean 4D masks (True = attend) for the trie nodes; a dict per layer type where the model has several."""
-    q = len(nodes)
-    slot = {n: i for i, n in enumerate(nodes)}
-    tree = torch.zeros(q, q, dtype=torch.bool)
-    for i, node in enumerate(nodes):
-        a = node
-        while a > 0:
-            tree[i, slot[a]] = True
-            a = trie.parent[a]
-    positions = torch.tensor([prefix_len + trie.depth[n] for n in nodes])
-    config = model.config
-    layer_types = set(getattr(config, "layer_types", None) or [])
+@dataclass(frozen=True)
+class Anchor:
+    """Where one request's answer starts: its trie, the layout segment ending with its answer lead,
+    and the final-norm hidden state at that lead's last token."""
 
-    def build(window: int | None) -> torch.Tensor:
-        prefix = torch.ones(q, prefix_len, dtype=torch.bool)
-        if window is not None:
-            prefix &= (positions[:, None] - torch.arange(prefix_len)[None, :]) < window
-        return torch.cat([prefix, tree], dim=1)[None, None].to(device)
-
-    if not layer_types:
-        return build(None)
-    return {lt: build(config.sliding_window if "sliding" in lt else None) for lt in layer_types}
+    trie: NameTrie
+    segment: int
+    hidden: torch.Tensor
 
 
 @torch.inference_mode()
-def score_names(model, trie: NameTrie, cache, last_hidden: torch.Tensor) -> torch.Tensor:
-    """Probabilities of each name (in `trie.names` order) under constrained decoding.
+def score_names(model, cache, layout: Layout, anchors: list[Anchor]) -> list[torch.Tensor]:
+    """Probabilities of each anchor's names (in `trie.names` order) under constrained decoding.
 
-    `cache` holds the prompt up to the answer lead; `last_hidden` is the final-norm
-    hidden state at the lead's last token. The cache is cropped back afterwards.
+    `cache` holds the tokens `layout` describes (one prompt, or a batch of prompts laid end to
+    end). The internal nodes of every trie go through the model in ONE forward pass, each node
+    seeing its own prompt and its ancestors; the cache is cropped back afterwards.
     """
-    body = model.get_decoder()
+    lengths, parents, ids, slots = list(layout.lengths), list(layout.parents), [], []
+    for anchor in anchors:
+        slot: dict[int, int] = {}
+        for n in anchor.trie.internal:  # parents come first: a node's parent is its anchor or a slotted node
+            slot[n] = len(lengths)
+            parents.append(slot.get(anchor.trie.parent[n], anchor.segment))
+            lengths.append(1)
+            ids.append(anchor.trie.tokens[n])
+        slots.append(slot)
+    hidden_of: list[torch.Tensor] = []
+    if ids:
+        device = anchors[0].hidden.device
+        past = sum(layout.lengths)
+        allowed, positions = tree_layout(lengths, parents)
+        masks = tree_masks(model, allowed[past:], positions[past:], positions, device)
+        out = model.get_decoder()(input_ids=torch.tensor([ids], device=device), attention_mask=masks,
+                                  position_ids=positions[None, past:].to(device), cache=cache, use_cache=True)
+        cache.crop(-len(ids))
+        hidden_of = list(out.last_hidden_state[0])
+    first = len(layout.lengths)
+    return [_distribution(model, a.trie, {0: a.hidden.reshape(-1), **{n: hidden_of[i - first] for n, i in slot.items()}})
+            for a, slot in zip(anchors, slots)]
+
+
+def _distribution(model, trie: NameTrie, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Constrained-decoding probabilities of the names from the hidden states of the root and internal nodes."""
     head = model.get_output_embeddings()
-    prefix_len = cache.get_seq_length()
-    nodes = trie.internal
-    hidden = {0: last_hidden.reshape(-1)}
-    if nodes:
-        ids = torch.tensor([[trie.tokens[n] for n in nodes]], device=last_hidden.device)
-        positions = torch.tensor([[prefix_len + trie.depth[n] for n in nodes]], device=last_hidden.device)
-        mask = _tree_masks(model, trie, nodes, prefix_len, last_hidden.device)
-        out = body(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        cache.crop(-len(nodes))
-        for i, n in enumerate(nodes):
-            hidden[n] = out.last_hidden_state[0, i]
     edge_logp = torch.zeros(len(trie.tokens))  # forced steps (an only child) keep log p = 0
     branching = trie.branching
     edges = [e for e in range(1, len(trie.tokens)) if trie.parent[e] in branching]
