@@ -132,8 +132,12 @@ def _train(args: argparse.Namespace) -> None:
         raise SystemExit("error: --data: bench train needs at least one router-bench training file")
     figures = speed.measure(args.base, args.data, args.samples, args.max_tokens)
     speed.report(figures)
-    if args.json:
-        with open(args.json, "w") as f:
+    _write_json(args.json, figures)
+
+
+def _write_json(path: str | None, figures: dict) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(figures, f, indent=2)
 
 
@@ -213,6 +217,4 @@ def _latency(args: argparse.Namespace) -> None:
     print(f"  {BATCH} next turns of {BATCH} conversations: one at a time {figures['batch_one_at_a_time_s'] * 1000:.0f} ms, "
           f"arriving together {figures['batch_together_s'] * 1000:.0f} ms "
           f"({figures['batch_speedup']:.2f}x, micro-batches of up to {router.batcher.max_batch})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    _write_json(args.json, figures)

@@ -222,6 +222,18 @@ def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: ra
     return plans
 
 
+def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float], seed: int,
+                 max_tokens: int) -> list[Pack]:
+    """`n` examples from router-bench files, sampled, augmented and tokenised into packs."""
+    from tqdm import tqdm
+
+    records = [r for path in paths for r in read_records(path)]
+    if not any(r["labels"] for r in records):
+        raise ValueError("--data: the files hold no labelled turns")
+    plans = sample_plans(records, n, balance, random.Random(seed), Augment())
+    return [encode_pack(tokenizer, plan, max_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
+
+
 def encode_pack(tokenizer, plan: Plan, max_tokens: int) -> Pack:
     """Token ids of the plan's head and of each query's serving prompt beyond it plus the answer."""
     tasks = [Task(**t) for t in plan.tasks]

@@ -8,12 +8,11 @@ of packing and nothing else.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
 
-from .examples import DEFAULT_BALANCE, Augment, Pack, encode_pack, read_records, sample_plans
+from .examples import DEFAULT_BALANCE, Pack, sample_packs
 from .train import load_trainable, pack_loss
 
 
@@ -29,9 +28,7 @@ def measure(base: str, data: list[str], n_examples: int, max_tokens: int) -> dic
     """Training seconds per example with packs and without, on the same `n_examples` examples."""
     setup = argparse.Namespace(base=base, rank=8, alpha=16, dropout=0.05, target_modules="all-linear")
     model, tokenizer, name, _, device = load_trainable(setup)
-    records = [r for path in data for r in read_records(path)]
-    plans = sample_plans(records, n_examples, DEFAULT_BALANCE, random.Random(0), Augment())
-    packs = [encode_pack(tokenizer, plan, max_tokens) for plan in plans]
+    packs = sample_packs(tokenizer, data, n_examples, DEFAULT_BALANCE, 0, max_tokens)
     singles = [Pack(p.head, [e]) for p in packs for e in p.examples]
     _seconds(model, packs[:1], device)  # warm-up: allocator, kernels
     packed, apart = _seconds(model, packs, device), _seconds(model, singles, device)

@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from taskrouter.embedded import EMBEDDED_NAME
 from taskrouter.loading import MANIFEST, load_base
+from taskrouter.scorer import softcap
 from taskrouter.treeattention import tree_layout, tree_masks
 
-from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, encode_pack, read_records, sample_plans, summarize
+from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Pack, sample_packs, summarize
 from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
@@ -148,10 +149,7 @@ def pack_loss(model, pack: Pack, device: torch.device) -> torch.Tensor:
     hidden = model.get_decoder()(input_ids=ids, attention_mask=masks,
                                  position_ids=positions[None].to(device)).last_hidden_state[0]
     targets = (labels != IGNORE).nonzero()[:, 0]  # an answer token's predictor is the token before it, same branch
-    logits = model.get_output_embeddings()(hidden[targets - 1]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = softcap(model, model.get_output_embeddings()(hidden[targets - 1]).float())
     return F.cross_entropy(logits, labels[targets], reduction="sum")
 
 
@@ -212,13 +210,9 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
 
 
 def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
-    """The sampled, augmented and tokenised packs, repeated over the epochs (same sample each epoch)."""
-    rng = random.Random(args.seed)
-    records = [r for path in args.data for r in read_records(path)]
-    if not any(r["labels"] for r in records):
-        raise ValueError("--data: the files hold no labelled turns")
-    plans = sample_plans(records, args.max_examples, parse_balance(args.balance), rng, Augment())
-    packs = [encode_pack(tokenizer, plan, args.max_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
+    """The sampled packs, repeated over the epochs (same sample each epoch)."""
+    packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
+                         args.max_tokens)
     return [p for _ in range(args.epochs) for p in packs]
 
 

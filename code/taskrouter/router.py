@@ -16,7 +16,7 @@ from .kvcache import PrefixCache, join_spans, prefix_keys
 from .loading import LoadedModel
 from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, build_prompt, encode_prompt
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
-from .scorer import Anchor, NameTrie, score_names
+from .scorer import Anchor, NameTrie, score_names, softcap
 from .treeattention import Layout, tree_layout, tree_masks
 
 FREE_TOKENS = 16
@@ -200,9 +200,7 @@ class Router:
         return batch
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.loaded.model.get_output_embeddings()(hidden[None]).float()[0]
-        cap = getattr(self.loaded.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return softcap(self.loaded.model, self.loaded.model.get_output_embeddings()(hidden[None]).float()[0])
 
     def _greedy(self, cache: DynamicCache, hidden: torch.Tensor, max_tokens: int, stop: str):
         """Unconstrained greedy decoding (full vocabulary) until `stop` or `max_tokens`."""

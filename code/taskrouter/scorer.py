@@ -25,12 +25,11 @@ class NameTrie:
     names: list[str]
     tokens: list[int] = field(default_factory=list)  # token of node i (root: -1)
     parent: list[int] = field(default_factory=list)
-    depth: list[int] = field(default_factory=list)
     leaf_of: dict[int, int] = field(default_factory=dict)  # node -> name index
 
     @classmethod
     def build(cls, tokenizer, names: list[str]) -> "NameTrie":
-        trie = cls(names=names, tokens=[-1], parent=[-1], depth=[-1])
+        trie = cls(names=names, tokens=[-1], parent=[-1])
         children: dict[tuple[int, int], int] = {}
         for index, name in enumerate(names):
             node = 0
@@ -41,7 +40,6 @@ class NameTrie:
                     children[key] = len(trie.tokens)
                     trie.tokens.append(tok)
                     trie.parent.append(node)
-                    trie.depth.append(trie.depth[node] + 1)
                 node = children[key]
             if node in trie.leaf_of or any(p == node for p in trie.parent):
                 raise ValueError(f"task name {name!r} is not a distinct token sequence")
@@ -68,6 +66,12 @@ class NameTrie:
                 needed.add(node)
                 node = self.parent[node]
         return sorted(needed)  # a parent's index is always smaller than its children's
+
+
+def softcap(model, logits: torch.Tensor) -> torch.Tensor:
+    """The model's final-logit soft-capping (Gemma), applied to logits computed from some LM-head rows."""
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,7 @@ def _distribution(model, trie: NameTrie, hidden: dict[int, torch.Tensor]) -> tor
         logits = (states * rows).sum(-1).float()
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[[trie.tokens[e] for e in edges]].float()
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = softcap(model, logits)
         # log-softmax among siblings: the constrained distribution at each branching node
         logits = logits.cpu()
         group_max = torch.full((len(trie.tokens),), -torch.inf).scatter_reduce(0, parents, logits, "amax")
