@@ -56,21 +56,16 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), p95
 
 
-def _outlines_baseline(router, requests, strategy: str) -> dict:
+def _outlines_baseline(router, requests) -> dict:
     """The same choice made by outlines' constrained generation (Literal over the names), for comparison."""
     from typing import Literal
 
     import outlines
 
-    from taskrouter.prompts import build_prompt, encode_prompt
-
     model = outlines.from_transformers(router.loaded.model, router.loaded.tokenizer)
     times = []
     for req in requests:
-        prompt = build_prompt(strategy, req.tasks, req.messages, req.current_task)
-        budget = router.prompt_budget(strategy, router.default_adapter)  # the same truncated prompt the router sees
-        text = router.loaded.tokenizer.decode(encode_prompt(router.loaded.tokenizer, prompt, budget).ids,
-                                              skip_special_tokens=True)
+        text = router.loaded.tokenizer.decode(router.prompt_ids(req), skip_special_tokens=True)  # what the router reads
         choice = Literal[tuple(req.task_names + ["none"])]
         start = time.perf_counter()
         with torch.inference_mode(), router.loaded.use_adapter(router.default_adapter):
@@ -115,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", metavar="FILE",
                         help="train: router-bench training file(s) to sample examples from (repeatable)")
     parser.add_argument("--base", default="embedded", help="train: base model (default: the embedded one)")
-    parser.add_argument("--max-tokens", type=int, default=224, help="train: prompt length cap (default 224)")
+    parser.add_argument("--history-tokens", type=int, default=96,
+                        help="train: conversation tokens kept after the task list (default 96, as taskrouter train)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -130,7 +126,7 @@ def _train(args: argparse.Namespace) -> None:
 
     if not args.data:
         raise SystemExit("error: --data: bench train needs at least one router-bench training file")
-    figures = speed.measure(args.base, args.data, args.samples, args.max_tokens)
+    figures = speed.measure(args.base, args.data, args.samples, args.history_tokens)
     speed.report(figures)
     _write_json(args.json, figures)
 
@@ -144,7 +140,6 @@ def _write_json(path: str | None, figures: dict) -> None:
 def _latency(args: argparse.Namespace) -> None:
     from taskrouter import handler
     from taskrouter.kvcache import PrefixCache
-    from taskrouter.prompts import build_prompt, encode_prompt
     from taskrouter.schema import parse_request
 
     router = handler.model_fn(args.model_dir)
@@ -164,8 +159,7 @@ def _latency(args: argparse.Namespace) -> None:
 
     probe = request(0, args.turns)
     strategy = args.strategy or ("adapter" if router.default_adapter else "zero_shot")
-    ids = encode_prompt(router.loaded.tokenizer, build_prompt(strategy, probe.tasks, probe.messages, probe.current_task),
-                        router.prompt_budget(strategy, router.default_adapter)).ids
+    ids = router.prompt_ids(probe)
     router.route(request(999, args.turns))  # warm-up: allocator, kernels
     cold, free, nxt, new_conv, forward = [], [], [], [], []
     for i in range(args.samples):
@@ -192,7 +186,7 @@ def _latency(args: argparse.Namespace) -> None:
     }
     figures.update(_batching(router, request, args.turns))
     if not args.no_outlines:
-        figures.update(_outlines_baseline(router, [request(3000 + i, args.turns) for i in range(args.samples)], strategy))
+        figures.update(_outlines_baseline(router, [request(3000 + i, args.turns) for i in range(args.samples)]))
         figures["outlines_over_constrained"] = figures["outlines_steady_p50_s"] / figures["cold_p50_s"]
     figures["constrained_over_forward"] = figures["cold_p50_s"] / figures["plain_forward_p50_s"]
     figures["constrained_over_free"] = figures["cold_p50_s"] / figures["free_decoding_cold_p50_s"]

@@ -122,13 +122,33 @@ def test_router_cache_stays_under_its_cap(tiny_dir, request_payload):
 
 
 def test_long_conversations_are_truncated_from_the_oldest_turn(tiny_dir, request_payload):
-    router = Router(load_model(str(tiny_dir)), max_prompt_tokens=200)
+    router = Router(load_model(str(tiny_dir)), max_prompt_tokens=400)
     messages = []
     for i in range(40):
         messages += [{"role": "user", "content": f"turn {i} about the meeting"}, {"role": "assistant", "content": "ok"}]
     messages.append({"role": "user", "content": "recap please"})
     answer = _route(router, {**request_payload, "messages": messages})
     assert answer.task in {"meeting_recap", "follow_up_email", "prepare_a_quote", "none"}
+
+
+def test_a_long_task_list_never_cuts_the_newest_message_and_one_too_long_is_refused(tiny_dir, request_payload):
+    from taskrouter.prompts import build_prompt, encode_prompt
+
+    tasks = [{"name": f"task_{i}", "description": "a long description of what this task does " * 3} for i in range(8)]
+    payload = {**request_payload, "tasks": tasks,
+               "messages": [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "ok"},
+                            {"role": "user", "content": "please write the recap of the ACME meeting now"}]}
+    req = parse_request(payload)
+    tok = load_model(str(tiny_dir)).tokenizer
+    prompt = build_prompt("adapter", req.tasks, req.messages, None)
+    head = len(tok.encode(prompt.segments[0]))
+    newest = tok.encode(prompt.segments[-2], add_special_tokens=False)
+    kept = encode_prompt(tok, prompt, max_tokens=head + 60, history_tokens=len(newest))
+    assert kept.segments[1:-1] == [newest]  # the older turns go, the newest stays whole
+    router = Router(load_model(str(tiny_dir)), max_prompt_tokens=head + 10)
+    with pytest.raises(RequestError) as refused:
+        router.route(req)
+    assert refused.value.status == 413 and refused.value.message.startswith("tasks:")
 
 
 def test_prompt_keeps_earlier_turns_as_an_exact_token_prefix(tiny_router, request_payload):
@@ -153,7 +173,7 @@ def test_falcon_architecture_routes(tiny_falcon_dir, request_payload):
     assert torch.get_num_threads() >= 1
 
 
-def _tiny_adapter(base_dir, out, max_tokens):
+def _tiny_adapter(base_dir, out, history_tokens):
     import json
 
     from peft import LoraConfig, get_peft_model
@@ -164,21 +184,27 @@ def _tiny_adapter(base_dir, out, max_tokens):
     model.save_pretrained(out)
     (out / "router.json").write_text(json.dumps({"name": out.name, "base_model": base_dir.name,
                                                  "prompt_format": "adapter",
-                                                 "hyper_parameters": {"max_tokens": max_tokens}}))
+                                                 "hyper_parameters": {"history_tokens": history_tokens}}))
     return out
 
 
-def test_adapter_is_default_and_sees_prompts_truncated_as_in_training(tiny_dir, tmp_path, request_payload):
-    adapter = _tiny_adapter(tiny_dir, tmp_path / "tiny-router", max_tokens=200)
+def test_adapter_is_default_and_sees_as_much_history_as_in_training(tiny_dir, tmp_path, request_payload):
+    from taskrouter.prompts import build_prompt, encode_prompt
+
+    adapter = _tiny_adapter(tiny_dir, tmp_path / "tiny-router", history_tokens=40)
     router = Router(load_model(str(tiny_dir), {"tiny-router": adapter}))
     long = {**request_payload, "messages": [{"role": "user", "content": f"message {i} about the recap"}
                                             if i % 2 == 0 else {"role": "assistant", "content": "ok"}
                                             for i in range(21)]}
     answer = _route(router, long)
     assert answer.adapter == "tiny-router" and answer.strategy == "adapter"
-    assert max(n for n, _, _ in router.cache._entries.values()) <= 200
-    base = _route(router, {**long, "strategy": "zero_shot"})  # other strategies keep the server's budget
-    assert base.strategy == "zero_shot" and max(n for n, _, _ in router.cache._entries.values()) > 200
+    req = parse_request(long)
+    kept = encode_prompt(router.loaded.tokenizer, build_prompt("adapter", req.tasks, req.messages, None),
+                         history_tokens=40)
+    assert 0 < sum(map(len, kept.segments[1:-1])) <= 40 and router.prompt_ids(req) == kept.ids
+    assert max(n for n, _, _ in router.cache._entries.values()) <= len(kept.ids)
+    zero_shot = parse_request({**long, "strategy": "zero_shot"})  # other strategies keep the whole conversation
+    assert len(router.prompt_ids(zero_shot)) > len(kept.ids) + 100
     # the adapter changes the model: its distribution differs from the base model's on the same prompt
     plain = Router(load_model(str(tiny_dir)))
     with_adapter = _route(router, {**request_payload, "strategy": "zero_shot", "top_k": 4})

@@ -83,6 +83,19 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_dir, data, tmp_path, c
               checkpoints, "--resume")
 
 
+def test_init_adapter_starts_from_its_weights_and_records_where_they_came_from(tiny_dir, data, tmp_path):
+    first = tmp_path / "first"
+    earlier = train("--base", tiny_dir, "--data", data, "--out", first, "--max-examples", 3, "--grad-accum", 1,
+                    "--lr", 0.02)
+    warm = train("--base", tiny_dir, "--data", data, "--out", tmp_path / "warm", "--max-examples", 1,
+                 "--init-adapter", first, "--lr", 0)  # no update: the weights are exactly the starting adapter's
+    assert loss_on(tiny_dir, tmp_path / "warm") == pytest.approx(loss_on(tiny_dir, first), abs=1e-5)
+    assert warm["init_adapter"]["train_command"] == earlier["train_command"]
+    assert "--init-adapter" in warm["train_command"]
+    with pytest.raises(SystemExit, match="--init-adapter .*do not fit"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--init-adapter", first, "--rank", 4)
+
+
 def test_falcon_lora_on_query_key_value_trains_and_serves(tiny_falcon_dir, data, tmp_path):
     out = tmp_path / "falcon-adapter"
     manifest = train("--base", tiny_falcon_dir, "--data", data, "--out", out, "--max-examples", 2, "--grad-accum", 1,

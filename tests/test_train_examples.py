@@ -40,31 +40,33 @@ def tokenizer(tiny_dir):
 
 
 def test_each_example_is_the_serving_prompt_plus_answer_with_labels_on_the_answer_only(tokenizer):
-    pack = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
+    pack = encode_pack(tokenizer, conversation_plan(RECORD), history_tokens=1024)
     assert [e.event for e in pack.examples] == ["start", "switch", "end"]
     for example, turn, current, gold in zip(pack.examples, (0, 2, 4), (None, "meeting_recap", "follow_up_email"),
                                             ("meeting_recap", "follow_up_email", "none")):
         prompt = build_prompt("adapter", [Task(**t) for t in TASKS], [Message(**m) for m in MESSAGES[: turn + 1]],
                               current)
-        prompt_ids = encode_prompt(tokenizer, prompt, 1024).ids
+        prompt_ids = encode_prompt(tokenizer, prompt, history_tokens=1024).ids
         answer_ids = tokenizer.encode(answer_text(gold), add_special_tokens=False)
         assert pack.head + example.ids == prompt_ids + answer_ids
         assert [t for t in example.labels if t != IGNORE] == answer_ids
         assert example.labels[-len(answer_ids):] == answer_ids
 
 
-def test_long_prompts_drop_old_turns_but_keep_the_head_and_the_answer(tokenizer):
-    full = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
-    budget = len(full.head) + len(full.examples[-1].ids) - 10
-    short = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=budget)
+def test_long_prompts_drop_old_turns_but_keep_the_head_the_newest_message_and_the_answer(tokenizer):
+    full = encode_pack(tokenizer, conversation_plan(RECORD), history_tokens=1024)
+    newest = len(tokenizer.encode("User: " + MESSAGES[4]["content"] + "\n", add_special_tokens=False))
+    short = encode_pack(tokenizer, conversation_plan(RECORD), history_tokens=newest)
     assert short.head == full.head and len(short.examples[-1].ids) < len(full.examples[-1].ids)
+    kept, whole = short.examples[-1].ids, full.examples[-1].ids
+    assert whole[-len(kept):] == kept and len(kept) > newest  # the newest message and what follows, untouched
     assert short.examples[-1].labels[-3:] == full.examples[-1].labels[-3:]
 
 
 def test_one_forward_per_pack_gives_the_sum_of_separate_losses(tiny_dir, tokenizer):
     """Tree attention must make every example see exactly its own prompt, even past the tiny model's sliding window."""
     loaded = load_model(str(tiny_dir))
-    pack = encode_pack(tokenizer, conversation_plan(RECORD), max_tokens=1024)
+    pack = encode_pack(tokenizer, conversation_plan(RECORD), history_tokens=1024)
     assert len(pack.head) + len(pack.examples[-1].ids) > loaded.model.config.sliding_window
     with torch.no_grad():
         together = pack_loss(loaded.model, pack, loaded.device).item()
@@ -110,6 +112,21 @@ def test_single_turn_rows_regroup_under_one_list_with_off_list_requests_as_none(
     assert all(q.gold in (None, "weather") and q.current is None for q in plan.queries)
     for q in plan.queries:
         assert (q.gold is None) == (q.messages[0]["content"] == "Say hi in Italian")
+
+
+def test_regrouped_lists_are_sometimes_lengthened_and_golds_follow_the_longer_list():
+    other = [{"name": "translate", "description": "Translate a text"}, {"name": "timer", "description": "Set a timer"}]
+    rows = [single(i, "weather") for i in range(5)] + [{**single(10 + i, "translate", "Say hi in Italian"),
+                                                        "tasks": other} for i in range(5)]
+    plans = [Regrouper(rows).plan(rows[0], random.Random(seed)) for seed in range(40)]
+    longer = [p for p in plans if len(p.tasks) > len(TASKS)]
+    assert longer and len(longer) < len(plans)
+    for plan in plans:
+        names = {t["name"] for t in plan.tasks}
+        assert len(names) == len(plan.tasks)  # no name twice
+        for q in plan.queries:
+            asked = "translate" if q.messages[0]["content"] == "Say hi in Italian" else "weather"
+            assert q.gold == (asked if asked in names else None)
 
 
 def test_keep_probabilities_hit_the_balance():

@@ -31,6 +31,7 @@ EVENTS = ("start", "continue", "switch", "end", "none")
 DEFAULT_BALANCE = {"start": 0.2, "continue": 0.25, "switch": 0.2, "end": 0.15, "none": 0.2}
 REGROUP_IN_LIST = 6  # single-turn requests whose task is on the pack's list
 REGROUP_OTHER = 2  # random single-turn requests: mostly none for that list
+REGROUP_EXTEND = (0.5, 8)  # chance of adding up to 8 tasks from other rows: longer lists to read
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class Regrouper:
 
     A request whose task is on the list keeps it; any other becomes none, which is
     what the router must answer when the list does not offer what the user asks.
+    Lists are sometimes lengthened with other rows' tasks, so the model also learns
+    to read lists longer than the source's own.
     """
 
     def __init__(self, records: list[dict]):
@@ -127,7 +130,16 @@ class Regrouper:
                 self.by_task.setdefault(r["labels"][0]["task"], []).append(r)
 
     def plan(self, record: dict, rng: random.Random) -> Plan:
-        names = {t["name"] for t in record["tasks"]}
+        tasks = list(record["tasks"])
+        names = {t["name"] for t in tasks}
+        chance, most = REGROUP_EXTEND
+        if rng.random() < chance:
+            for _ in range(rng.randint(1, most)):
+                pool = rng.choice(self.records)["tasks"]
+                extra = rng.choice(pool) if pool else None
+                if extra and extra["name"] not in names:
+                    names.add(extra["name"])
+                    tasks.append(extra)
         offered = sorted(names & self.by_task.keys())
         picks = [record] + [rng.choice(self.by_task[n]) for n in rng.sample(offered, min(REGROUP_IN_LIST, len(offered)))]
         picks += [rng.choice(self.records) for _ in range(REGROUP_OTHER)]
@@ -137,7 +149,7 @@ class Regrouper:
                 seen.add(r["id"])
                 task = r["labels"][0]["task"]
                 queries.append(Query(tuple(r["messages"][:1]), None, task if task in names else None, r["source"]))
-        return Plan(tuple(record["tasks"]), tuple(queries))
+        return Plan(tuple(tasks), tuple(queries))
 
 
 def _rename_style(rng: random.Random):
@@ -223,7 +235,7 @@ def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: ra
 
 
 def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float], seed: int,
-                 max_tokens: int) -> list[Pack]:
+                 history_tokens: int) -> list[Pack]:
     """`n` examples from router-bench files, sampled, augmented and tokenised into packs."""
     from tqdm import tqdm
 
@@ -231,17 +243,17 @@ def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float],
     if not any(r["labels"] for r in records):
         raise ValueError("--data: the files hold no labelled turns")
     plans = sample_plans(records, n, balance, random.Random(seed), Augment())
-    return [encode_pack(tokenizer, plan, max_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
+    return [encode_pack(tokenizer, plan, history_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
 
 
-def encode_pack(tokenizer, plan: Plan, max_tokens: int) -> Pack:
+def encode_pack(tokenizer, plan: Plan, history_tokens: int) -> Pack:
     """Token ids of the plan's head and of each query's serving prompt beyond it plus the answer."""
     tasks = [Task(**t) for t in plan.tasks]
     head: list[int] = []
     examples = []
     for q in plan.queries:
         prompt = build_prompt("adapter", tasks, [Message(**m) for m in q.messages], q.current)
-        encoded = encode_prompt(tokenizer, prompt, max_tokens)
+        encoded = encode_prompt(tokenizer, prompt, history_tokens=history_tokens)
         head = encoded.segments[0]  # the same for every query: it depends on the task list only
         body = [i for segment in encoded.segments[1:] for i in segment]
         answer = tokenizer.encode(answer_text(q.gold or NONE), add_special_tokens=False)

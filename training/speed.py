@@ -24,11 +24,11 @@ def _seconds(model, packs: list[Pack], device) -> float:
     return time.perf_counter() - start
 
 
-def measure(base: str, data: list[str], n_examples: int, max_tokens: int) -> dict:
+def measure(base: str, data: list[str], n_examples: int, history_tokens: int) -> dict:
     """Training seconds per example with packs and without, on the same `n_examples` examples."""
     setup = argparse.Namespace(base=base, rank=8, alpha=16, dropout=0.05, target_modules="all-linear")
     model, tokenizer, name, _, device = load_trainable(setup)
-    packs = sample_packs(tokenizer, data, n_examples, DEFAULT_BALANCE, 0, max_tokens)
+    packs = sample_packs(tokenizer, data, n_examples, DEFAULT_BALANCE, 0, history_tokens)
     singles = [Pack(p.head, [e]) for p in packs for e in p.examples]
     _seconds(model, packs[:1], device)  # warm-up: allocator, kernels
     packed, apart = _seconds(model, packs, device), _seconds(model, singles, device)

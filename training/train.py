@@ -53,8 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory, e.g. model_artifacts/adapters/NAME")
     parser.add_argument("--name", help="adapter name in the manifest (default: the --out folder name)")
     parser.add_argument("--max-examples", type=int, default=2000, help="training examples (turns) to sample")
-    parser.add_argument("--max-tokens", type=int, default=288,
-                        help="prompt length cap; the oldest messages are dropped beyond it")
+    parser.add_argument("--history-tokens", type=int, default=96,
+                        help="conversation tokens a prompt keeps after the task list: the oldest messages are "
+                             "dropped beyond it, never the newest (the server keeps the same budget)")
+    parser.add_argument("--init-adapter", metavar="DIR",
+                        help="start from this adapter's weights (same --rank and --target-modules) instead of zero")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the sampled examples")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up then cosine decay)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
@@ -95,7 +98,9 @@ def command_line(args: argparse.Namespace) -> str:
     for path in args.data:
         parts += ["--data", path]
     parts += ["--out", args.out]
-    for option in ("max_examples", "max_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules",
+    if args.init_adapter:
+        parts += ["--init-adapter", args.init_adapter]
+    for option in ("max_examples", "history_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules",
                    "grad_accum", "balance", "seed"):
         parts += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     if args.time_budget is not None:
@@ -130,6 +135,8 @@ def load_trainable(args: argparse.Namespace):
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise ValueError(f"--target-modules {args.target_modules!r}: {exc}") from None
+    if getattr(args, "init_adapter", None):
+        load_weights(peft_model, Path(args.init_adapter), "--init-adapter")
     peft_model.train()
     return peft_model, tokenizer, base_name_of(args.base, name), quantization, device
 
@@ -172,8 +179,8 @@ def lr_factor(progress: float, warmup: float = 0.05) -> float:
 
 def fingerprint(args: argparse.Namespace) -> str:
     """Identifies the example stream, so a resume never mixes two different runs."""
-    key = [args.base, args.data, args.max_examples, args.max_tokens, args.epochs, args.balance, args.seed,
-           args.rank, args.target_modules]
+    key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
+           args.rank, args.target_modules, args.init_adapter]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -197,14 +204,39 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
+def load_weights(model, path: Path, option: str) -> None:
+    """Load a saved adapter's LoRA weights into `model`; every LoRA matrix must be there, with its shape."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    file = path / "adapter_model.safetensors"
+    if not file.exists():
+        raise ValueError(f"{option} {path}: no adapter_model.safetensors there")
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(file)))
+    except RuntimeError as exc:  # a shape mismatch: another rank or base
+        raise ValueError(f"{option} {path}: its weights do not fit this LoRA set-up ({exc})") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ValueError(f"{option} {path}: {len(missing)} LoRA weights missing (e.g. {missing[0]}): "
+                         "another --target-modules?")
+
+
+def init_provenance(path: str | None) -> dict | None:
+    """Where a warm start came from: the starting adapter's own command and training, from its manifest."""
+    if not path:
+        return None
+    manifest = Path(path) / MANIFEST
+    earlier = json.loads(manifest.read_text()) if manifest.exists() else {}
+    return {"path": path, "train_command": earlier.get("train_command"), "training": earlier.get("training"),
+            "init_adapter": earlier.get("init_adapter")}
+
+
+def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
     state = json.loads((path / "state.json").read_text())
     if state["fingerprint"] != expected:
         raise ValueError(f"--resume: checkpoint {path} was written by a run with other data or options")
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    load_weights(model, path, "--resume")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     return state
 
@@ -212,7 +244,7 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
 def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
     """The sampled packs, repeated over the epochs (same sample each epoch)."""
     packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
-                         args.max_tokens)
+                         args.history_tokens)
     return [p for _ in range(args.epochs) for p in packs]
 
 
@@ -222,6 +254,7 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     args.alpha = args.alpha or 2 * args.rank
     checkpoints = Path(args.checkpoint_dir or out / CHECKPOINTS)
+    init = init_provenance(args.init_adapter)  # read first: --out may be the same folder
     model, tokenizer, base_name, quantization, device = load_trainable(args)
     packs = prepare_packs(args, tokenizer)
     n_examples = sum(len(p.examples) for p in packs)
@@ -285,10 +318,11 @@ def train(args: argparse.Namespace) -> dict:
         "training_data": {"files": args.data, "examples": summarize(packs[: state["packs"]])},
         "hyper_parameters": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
                              "target_modules": args.target_modules, "lr": args.lr, "epochs": args.epochs,
-                             "grad_accum": args.grad_accum, "batch_size": 1, "max_tokens": args.max_tokens,
+                             "grad_accum": args.grad_accum, "batch_size": 1, "history_tokens": args.history_tokens,
                              "max_examples": args.max_examples, "balance": parse_balance(args.balance),
                              "seed": args.seed, "optimizer": "paged_adamw" if quantization == "nf4" else "adamw",
                              "schedule": "5% warm-up, cosine to 10%"},
+        "init_adapter": init,
         "training": training,
         "dev_metrics": None,
         "train_command": command_line(args),

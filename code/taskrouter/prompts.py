@@ -97,14 +97,35 @@ class EncodedPrompt:
         return [i for seg in self.segments for i in seg]
 
 
-def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024) -> EncodedPrompt:
-    """Tokenise segment by segment; drop the oldest messages (never the newest) beyond `max_tokens`."""
+MIN_MESSAGE_TOKENS = 32  # room the newest message must have next to the task list, or the request is refused
+
+
+def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024, history_tokens: int | None = None) -> EncodedPrompt:
+    """Tokenise segment by segment, keeping the newest messages within `history_tokens` and the
+    whole prompt within `max_tokens`.
+
+    The task list and the tail are always whole and the newest message is never dropped (a huge
+    one keeps its end, the part nearest the answer), so a long task list can never blind the model
+    to what the user just said. Raises `PromptTooLong` when the task list leaves it no room.
+    """
     encoded = [tokenizer.encode(s, add_special_tokens=(i == 0)) for i, s in enumerate(prompt.segments)]
     head, messages, tail = encoded[0], encoded[1:-1], encoded[-1]
-    total = len(head) + len(tail) + sum(map(len, messages))
-    while total > max_tokens and len(messages) > 1:
-        total -= len(messages.pop(0))
-    if total > max_tokens:  # a single huge message: keep its end, the part nearest the answer
-        keep = max(1, max_tokens - len(head) - len(tail))
-        messages[-1] = messages[-1][-keep:]
+    room = max_tokens - len(head) - len(tail)
+    if room < MIN_MESSAGE_TOKENS:
+        raise PromptTooLong(len(head), max_tokens)
+    room = min(room, history_tokens or room)
+    history = sum(map(len, messages))
+    while history > room and len(messages) > 1:
+        history -= len(messages.pop(0))
+    if history > room:
+        messages[-1] = messages[-1][-room:]
     return EncodedPrompt(segments=[head, *messages, tail])
+
+
+class PromptTooLong(ValueError):
+    """The instruction and task list alone fill the prompt limit."""
+
+    def __init__(self, head_tokens: int, max_tokens: int):
+        super().__init__(f"tasks: the task list takes {head_tokens} tokens of the {max_tokens}-token prompt limit, "
+                         f"leaving under {MIN_MESSAGE_TOKENS} for the conversation; send fewer tasks or "
+                         "shorter descriptions")

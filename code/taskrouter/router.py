@@ -14,7 +14,7 @@ from .batching import MicroBatcher
 from .events import event_for
 from .kvcache import PrefixCache, join_spans, prefix_keys
 from .loading import LoadedModel
-from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, build_prompt, encode_prompt
+from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
 from .scorer import Anchor, NameTrie, score_names, softcap
 from .treeattention import Layout, tree_layout, tree_masks
@@ -81,9 +81,19 @@ class Router:
             raise RequestError("unknown_adapter", f"adapter: {adapter!r} is not loaded (known: {known})", 404)
         strategy = request.strategy or ("adapter" if adapter else "zero_shot")
         prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task)
-        encoded = encode_prompt(self.loaded.tokenizer, prompt, self.prompt_budget(strategy, adapter))
+        history = None  # an adapter sees as much conversation as in its training (train/serve parity)
+        if strategy == "adapter" and adapter is not None:
+            history = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("history_tokens")
+        try:
+            encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history)
+        except PromptTooLong as exc:
+            raise RequestError("too_large", str(exc), 413) from None
         return _Job(request, started, adapter, strategy, request.task_names + [NONE], prompt.reasoning_lead,
                     encoded.segments)
+
+    def prompt_ids(self, request: RouteRequest) -> list[int]:
+        """The token ids the model reads for this request, up to the answer (or reasoning) lead."""
+        return [i for segment in self._job(request).segments for i in segment]
 
     def _route_batch(self, jobs: Sequence[_Job]) -> list[RouteAnswer | Exception]:
         """Per adapter: one prefill forward for the whole batch, one forward for all constrained
@@ -140,14 +150,6 @@ class Router:
             model=self.loaded.name, adapter=job.adapter, strategy=job.strategy, decoding=request.decoding,
             valid=valid, raw=raw, latency_ms=round((time.perf_counter() - job.started) * 1000, 2),
         )
-
-    def prompt_budget(self, strategy: str, adapter: str | None) -> int:
-        """Prompt token budget: an adapter sees prompts truncated as in its training (train/serve parity)."""
-        if strategy == "adapter" and adapter is not None:
-            trained = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("max_tokens")
-            if trained:
-                return min(self.max_prompt_tokens, int(trained))
-        return self.max_prompt_tokens
 
     def _trie(self, names: list[str]) -> NameTrie:
         key = tuple(names)
