@@ -8,6 +8,7 @@ resumed run loads nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import urllib.error
@@ -85,6 +86,14 @@ def adapters_root(config: EvalConfig) -> Path:
     if config.model != "embedded" and (Path(config.model) / "adapters").is_dir():
         return Path(config.model) / "adapters"
     return DEFAULT_ADAPTERS_DIR
+
+
+def adapter_digest(config: EvalConfig) -> str | None:
+    """A short sha256 of the config's adapter weights: retraining an adapter changes its predictions."""
+    if config.kind != "llm" or not config.adapter or config.adapter == "none":
+        return None
+    weights = adapters_root(config) / config.adapter / "adapter_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else None
 
 
 class RouterPool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from taskrouter.events import event_for
 from taskrouter.schema import NONE, parse_request
 
-from .backends import RouterLike, RouterPool
+from .backends import RouterLike, RouterPool, adapter_digest
 from .benchfile import Bench
 from .configs import EvalConfig
 
@@ -93,6 +93,12 @@ def check_run_record(out: Path, record: dict) -> None:
     path.write_text(json.dumps(merged, indent=2) + "\n")
 
 
+def _decides(config: EvalConfig, remote: str | None) -> dict:
+    """What decides a config's predictions: its definition and, in process, its adapter's weights."""
+    digest = None if remote else adapter_digest(config)
+    return {**config.definition(), **({"adapter_weights": digest} if digest else {})}
+
+
 def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: RouterPool,
             teacher_forcing: bool = False, remote: str | None = None, progress: bool = True,
             parallel: int = 1) -> dict:
@@ -103,7 +109,7 @@ def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: Ro
         raise ValueError(f"--parallel {parallel}: must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
     check_run_record(out, {"teacher_forcing": teacher_forcing, "remote": remote,
-                           "configs": {c.name: c.definition() for c in configs}})
+                           "configs": {c.name: _decides(c, remote) for c in configs}})
     done = {(c.name, b.name): read_predictions(predictions_path(out, c.name, b.name), b.conversations)
             for c in configs for b in benches}
     todo = [(c, b, conv) for c in configs for b in benches for conv in b.conversations

@@ -193,3 +193,16 @@ def test_parallel_conversations_give_the_same_predictions(tiny_dir, bench_file, 
     assert (tmp_path / "one" / "predictions-tiny-mini.jsonl").read_text().count("\n") == 5
     with pytest.raises(ValueError, match="--parallel 0"):
         run_all([bench], [config], tmp_path / "zero", pool, progress=False, parallel=0)
+
+
+def test_a_retrained_adapter_is_not_mixed_with_predictions_of_the_old_one(tmp_path):
+    adapters = tmp_path / "adapters"
+    (adapters / "mine").mkdir(parents=True)
+    weights = adapters / "mine" / "adapter_model.safetensors"
+    config = EvalConfig(name="mine", adapter="mine", adapters_dir=str(adapters), strategy="adapter")
+    weights.write_bytes(b"first training")
+    run_all([], [config], tmp_path / "run", pool=None, progress=False)
+    run_all([], [config], tmp_path / "run", pool=None, progress=False)  # same weights: resumable
+    weights.write_bytes(b"second training")
+    with pytest.raises(ValueError, match="config 'mine' changed"):
+        run_all([], [config], tmp_path / "run", pool=None, progress=False)
