@@ -161,6 +161,26 @@ def test_sagemaker_launches_the_same_training_as_a_job(aws, data, capsys):
     assert {"train_entry.py", "requirements.txt", "taskrouter/prompts.py", "taskrouter/training/train.py"} <= set(names)
 
 
+def test_sagemaker_warm_start_ships_the_starting_adapter_as_a_channel(aws, data, tmp_path):
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "adapter_model.safetensors").write_bytes(b"weights")
+    (start / "router.json").write_text("{}")
+    main(["train", "--data", str(data), "--out", "model_artifacts/adapters/next", "--init-adapter", str(start),
+          "--sagemaker", "--sagemaker-bucket", "taskrouter-train", "--sagemaker-role", "arn:aws:iam::123456789012:role/R"])
+    sagemaker = boto3.client("sagemaker")
+    [summary] = sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    job = sagemaker.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+    args = json.loads(job["HyperParameters"]["train_args"])
+    assert args[args.index("--init-adapter") + 1] == "/opt/ml/input/data/init"
+    assert "init" in {c["ChannelName"] for c in job["InputDataConfig"]}
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="taskrouter-train")["Contents"]]
+    assert any(k.endswith("/init/adapter_model.safetensors") for k in keys)
+    with pytest.raises(SystemExit, match="--init-adapter .*no adapter_model.safetensors"):
+        main(["train", "--data", str(data), "--out", "x", "--init-adapter", str(tmp_path), "--sagemaker",
+              "--sagemaker-bucket", "taskrouter-train", "--sagemaker-role", "arn:aws:iam::123456789012:role/R"])
+
+
 def test_sagemaker_without_role_or_bucket_says_what_is_missing(aws, data, capsys):
     common = ["train", "--data", str(data), "--out", "x", "--sagemaker"]
     with pytest.raises(SystemExit) as missing_role:

@@ -97,12 +97,24 @@ def train_args(args: argparse.Namespace, name: str) -> list[str]:
         out += ["--data", f"/opt/ml/input/data/train/{Path(path).name}"]
     for path in args.dev:
         out += ["--dev", f"/opt/ml/input/data/dev/{Path(path).name}"]
+    if args.init_adapter:
+        out += ["--init-adapter", "/opt/ml/input/data/init"]
     out += ["--out", f"/opt/ml/model/{name}", "--checkpoint-dir", "/opt/ml/checkpoints", "--resume"]
     for option in FORWARDED:
         value = getattr(args, option, None)
         if value is not None:
             out += ["--" + option.replace("_", "-"), str(value)]
     return out
+
+
+def _adapter_files(folder: str | None) -> list[Path]:
+    """The files of a --init-adapter folder (weights, config, manifest), uploaded as the `init` channel."""
+    if not folder:
+        return []
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    if not any(p.name == "adapter_model.safetensors" for p in files):
+        raise ValueError(f"--init-adapter {folder}: no adapter_model.safetensors there")
+    return files
 
 
 def _job_name(name: str) -> str:
@@ -128,6 +140,7 @@ def launch(args: argparse.Namespace, client=None, s3=None) -> str:
     job = _job_name(name)
     bucket, output = args.sagemaker_bucket, f"{args.sagemaker_prefix.strip('/')}/output"
     prefix = f"{args.sagemaker_prefix.strip('/')}/{job}"  # this job's sources, data and checkpoints
+    inputs = (("train", args.data), ("dev", args.dev), ("init", _adapter_files(args.init_adapter)))
     s3 = s3 or session.client("s3")
     client = client or session.client("sagemaker")
     try:
@@ -137,13 +150,12 @@ def launch(args: argparse.Namespace, client=None, s3=None) -> str:
     try:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/source/sourcedir.tar.gz",
                       Body=source_archive(args.base in ("embedded", "gemma-3-270m")))
-        for channel, files in (("train", args.data), ("dev", args.dev)):
+        for channel, files in inputs:
             for path in files:
                 s3.upload_file(str(path), bucket, f"{prefix}/{channel}/{Path(path).name}")
         channels = [{"ChannelName": channel, "InputMode": "File", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/{prefix}/{channel}/",
-            "S3DataDistributionType": "FullyReplicated"}}} for channel, files in (("train", args.data), ("dev", args.dev))
-            if files]
+            "S3DataDistributionType": "FullyReplicated"}}} for channel, files in inputs if files]
         hyper = {"sagemaker_program": "train_entry.py",
                  "sagemaker_submit_directory": f"s3://{bucket}/{prefix}/source/sourcedir.tar.gz",
                  "sagemaker_region": region, "train_args": train_args(args, name)}
