@@ -111,6 +111,8 @@ def _adapter_files(folder: str | None) -> list[Path]:
     """The files of a --init-adapter folder (weights, config, manifest), uploaded as the `init` channel."""
     if not folder:
         return []
+    if not Path(folder).is_dir():
+        raise ValueError(f"--init-adapter {folder}: not a directory")
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
     if not any(p.name == "adapter_model.safetensors" for p in files):
         raise ValueError(f"--init-adapter {folder}: no adapter_model.safetensors there")
