@@ -7,8 +7,8 @@ time, so an interrupted run resumes after the last complete conversation, and a
 conversation already predicted is never recomputed. With `parallel` > 1 several
 conversations are in flight at once (each still turn by turn), which lets an
 in-process router batch them. `run.json` in the output
-directory records what decides the predictions (config definitions, teacher
-forcing, remote target); resuming with a different setup is refused.
+directory records what decides the predictions (config definitions, the adapter
+weights' digest, teacher forcing, remote target); resuming with a different setup is refused.
 """
 from __future__ import annotations
 

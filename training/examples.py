@@ -7,8 +7,9 @@ regrouped under one row's list. Each example is exactly the serving prompt
 the current task) followed by the answer `answer_text(name)`; the loss sees only
 the answer tokens. The trainer runs a whole pack in one forward pass with tree
 attention (every example sees the head and itself), which is why packs exist: the
-head is ~170 of a 224-token prompt, so sharing it makes training ~3x cheaper for
-the same gradients. Augmentation is per pack (task order shuffled, distractors
+head (~170 tokens on SGD) outweighs the conversation an adapter keeps after it
+(`--history-tokens`, 96 by default), so sharing it makes training cheaper for the
+same gradients (`taskrouter bench train --samples 60` measured 1.87x, see README). Augmentation is per pack (task order shuffled, distractors
 dropped, one task removed so its turns become none, names rewritten) so the model
 learns to read the list instead of memorising names; events are balanced by
 thinning each pack's turns with per-event keep probabilities.

@@ -26,7 +26,8 @@ def _seconds(model, packs: list[Pack], device) -> float:
 
 def measure(base: str, data: list[str], n_examples: int, history_tokens: int) -> dict:
     """Training seconds per example with packs and without, on the same `n_examples` examples."""
-    setup = argparse.Namespace(base=base, rank=8, alpha=16, dropout=0.05, target_modules="all-linear")
+    setup = argparse.Namespace(base=base, rank=8, alpha=16, dropout=0.05, target_modules="all-linear",
+                               init_adapter=None)
     model, tokenizer, name, _, device = load_trainable(setup)
     packs = sample_packs(tokenizer, data, n_examples, DEFAULT_BALANCE, 0, history_tokens)
     singles = [Pack(p.head, [e]) for p in packs for e in p.examples]

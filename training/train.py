@@ -135,7 +135,7 @@ def load_trainable(args: argparse.Namespace):
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise ValueError(f"--target-modules {args.target_modules!r}: {exc}") from None
-    if getattr(args, "init_adapter", None):
+    if args.init_adapter:
         load_weights(peft_model, Path(args.init_adapter), "--init-adapter")
     peft_model.train()
     return peft_model, tokenizer, base_name_of(args.base, name), quantization, device
