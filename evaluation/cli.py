@@ -78,9 +78,10 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--config", spec]
     for flag, value in (("--configs", args.configs), ("--limit", args.limit), ("--sample-seed", args.sample_seed),
                         ("--endpoint", args.endpoint), ("--sagemaker-endpoint", args.sagemaker_endpoint),
-                        ("--region", args.region), ("--out", args.out)):
+                        ("--region", args.region), ("--parallel", args.parallel), ("--out", args.out)):
         default = (flag == "--configs" and Path(value) == Path(__file__).with_name("configs.yaml")) or (
-            flag == "--sample-seed" and not args.limit and not any("@" in Path(b).name for b in args.bench))
+            flag == "--sample-seed" and not args.limit and not any("@" in Path(b).name for b in args.bench)) or (
+            flag == "--parallel" and value == 1)  # latency depends on it: named whenever it is not the default
         if value is not None and not default:
             words += [flag, str(value)]
     if args.teacher_forcing:

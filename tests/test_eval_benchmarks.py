@@ -1,4 +1,4 @@
-"""The shipped sales benchmark follows BENCH_FORMAT.md and covers what the issue asks for."""
+"""The shipped sales benchmark and assistant training data follow BENCH_FORMAT.md; the data stays out of sales."""
 from collections import Counter
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pytest
 from taskrouter.evaluation.benchfile import read_conversations
 
 SALES = Path(__file__).resolve().parents[1] / "evaluation" / "benchmarks" / "sales.jsonl"
+ASSISTANT = Path(__file__).resolve().parents[1] / "training" / "data" / "assistant"
 SEED_TASKS = {"answer_to_a_prospect", "follow_up_email", "meeting_recap", "post_deal_appreciation_and_resource_sharing",
               "prepare_a_quote", "qualify_leads", "respond_to_customer_request"}
 
@@ -33,3 +34,18 @@ def test_sales_covers_switches_ends_none_and_varied_task_lists(sales):
     names = {t["name"] for conv in sales for t in conv["tasks"]}
     assert SEED_TASKS <= names and names - SEED_TASKS  # renamed or added tasks appear
     assert any(SEED_TASKS - {t["name"] for t in conv["tasks"]} for conv in sales)  # removed or renamed tasks
+
+
+def test_assistant_data_is_valid_disjoint_and_never_about_sales():
+    train = read_conversations(ASSISTANT / "train.jsonl") + read_conversations(ASSISTANT / "train-more.jsonl")
+    dev = read_conversations(ASSISTANT / "dev.jsonl")
+    assert len(train) >= 590 and len(dev) >= 50
+    assert len({c["id"] for c in train + dev}) == len(train) + len(dev)
+    # no request written twice across the split (short closings such as "perfect, thanks" may repeat)
+    said = lambda convs: {m["content"] for c in convs for m in c["messages"] if len(m["content"]) > 40}  # noqa: E731
+    assert not said(train) & said(dev)
+    names = {t["name"] for c in train + dev for t in c["tasks"]}
+    assert not names & SEED_TASKS
+    assert not [n for n in names if any(w in n for w in ("sale", "prospect", "quote", "deal", "lead"))]
+    events = Counter(label["event"] for c in train for label in c["labels"])
+    assert min(events[e] for e in ("start", "continue", "switch", "end", "none")) >= 50

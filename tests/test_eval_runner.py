@@ -1,6 +1,8 @@
 """`taskrouter eval` end to end on the tiny model: files, resumability, closed loop vs teacher forcing, remote modes."""
+import argparse
 import io
 import json
+import shlex
 import threading
 
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from taskrouter.cli import main
 from taskrouter.evaluation.backends import HttpRouter, RouterPool, SageMakerRouter
 from taskrouter.evaluation.benchfile import load_bench
+from taskrouter.evaluation.cli import add_arguments, command_line
 from taskrouter.evaluation.configs import EvalConfig, parse_inline, read_configs, resolve_configs
 from taskrouter.evaluation.runner import read_predictions, route_conversation, run_all
 from taskrouter.schema import Candidate, RouteAnswer
@@ -193,6 +196,16 @@ def test_parallel_conversations_give_the_same_predictions(tiny_dir, bench_file, 
     assert (tmp_path / "one" / "predictions-tiny-mini.jsonl").read_text().count("\n") == 5
     with pytest.raises(ValueError, match="--parallel 0"):
         run_all([bench], [config], tmp_path / "zero", pool, progress=False, parallel=0)
+
+
+def test_the_report_command_reproduces_the_run_and_names_parallelism():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--bench", "b.jsonl@20", "--config", "adapter", "--parallel", "8", "--out", "runs/x"]
+    line = command_line(parser.parse_args(argv))
+    assert line == "taskrouter eval --bench b.jsonl@20 --config adapter --sample-seed 0 --parallel 8 --out runs/x"
+    assert parser.parse_args(shlex.split(line)[2:]) == parser.parse_args(argv)
+    assert "--parallel" not in command_line(parser.parse_args(["--bench", "b.jsonl", "--config", "adapter"]))
 
 
 def test_a_retrained_adapter_is_not_mixed_with_predictions_of_the_old_one(tmp_path):
