@@ -76,13 +76,13 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--bench", spec]
     for spec in args.config:
         words += ["--config", spec]
+    left_out = {"--configs": Path(args.configs) == Path(__file__).with_name("configs.yaml"),
+                "--sample-seed": not args.limit and not any("@" in Path(b).name for b in args.bench),
+                "--parallel": args.parallel == 1}  # latency depends on it: named whenever it is not 1
     for flag, value in (("--configs", args.configs), ("--limit", args.limit), ("--sample-seed", args.sample_seed),
                         ("--endpoint", args.endpoint), ("--sagemaker-endpoint", args.sagemaker_endpoint),
                         ("--region", args.region), ("--parallel", args.parallel), ("--out", args.out)):
-        default = (flag == "--configs" and Path(value) == Path(__file__).with_name("configs.yaml")) or (
-            flag == "--sample-seed" and not args.limit and not any("@" in Path(b).name for b in args.bench)) or (
-            flag == "--parallel" and value == 1)  # latency depends on it: named whenever it is not the default
-        if value is not None and not default:
+        if value is not None and not left_out.get(flag, False):
             words += [flag, str(value)]
     if args.teacher_forcing:
         words.append("--teacher-forcing")

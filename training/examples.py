@@ -9,10 +9,11 @@ the answer tokens. The trainer runs a whole pack in one forward pass with tree
 attention (every example sees the head and itself), which is why packs exist: the
 head (~170 tokens on SGD) outweighs the conversation an adapter keeps after it
 (`--history-tokens`, 96 by default), so sharing it makes training cheaper for the
-same gradients (`taskrouter bench train --samples 60` measured 1.87x, see README). Augmentation is per pack (task order shuffled, distractors
-dropped, one task removed so its turns become none, names rewritten) so the model
-learns to read the list instead of memorising names; events are balanced by
-thinning each pack's turns with per-event keep probabilities.
+same gradients (`taskrouter bench train --samples 60` measured 1.87x, see README).
+Augmentation is per pack (task order shuffled, distractors dropped, one task
+removed so its turns become none, names rewritten) so the model learns to read the
+list instead of memorising names; events are balanced by thinning each pack's turns
+with per-event keep probabilities.
 """
 from __future__ import annotations
 

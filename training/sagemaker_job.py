@@ -111,12 +111,10 @@ def _adapter_files(folder: str | None) -> list[Path]:
     """The files of a --init-adapter folder (weights, config, manifest), uploaded as the `init` channel."""
     if not folder:
         return []
-    if not Path(folder).is_dir():
-        raise ValueError(f"--init-adapter {folder}: not a directory")
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    if not any(p.name == "adapter_model.safetensors" for p in files):
-        raise ValueError(f"--init-adapter {folder}: no adapter_model.safetensors there")
-    return files
+    from .train import adapter_weights_file  # already imported: train.py is what calls launch()
+
+    adapter_weights_file(Path(folder), "--init-adapter")
+    return sorted(p for p in Path(folder).iterdir() if p.is_file())
 
 
 def _job_name(name: str) -> str:

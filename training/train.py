@@ -204,14 +204,22 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def adapter_weights_file(path: Path, option: str) -> Path:
+    """The LoRA weights file of a saved adapter folder; an error naming `option` when there is none."""
+    if not path.is_dir():
+        raise ValueError(f"{option} {path}: not a directory")
+    file = path / "adapter_model.safetensors"
+    if not file.exists():
+        raise ValueError(f"{option} {path}: no adapter_model.safetensors there")
+    return file
+
+
 def load_weights(model, path: Path, option: str) -> None:
     """Load a saved adapter's LoRA weights into `model`; every LoRA matrix must be there, with its shape."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    file = path / "adapter_model.safetensors"
-    if not file.exists():
-        raise ValueError(f"{option} {path}: no adapter_model.safetensors there")
+    file = adapter_weights_file(path, option)
     try:
         result = set_peft_model_state_dict(model, load_file(str(file)))
     except RuntimeError as exc:  # a shape mismatch: another rank or base
