@@ -88,12 +88,18 @@ def adapters_root(config: EvalConfig) -> Path:
     return DEFAULT_ADAPTERS_DIR
 
 
-def adapter_digest(config: EvalConfig) -> str | None:
-    """A short sha256 of the config's adapter weights: retraining an adapter changes its predictions."""
+def adapter_state(config: EvalConfig) -> dict:
+    """What of a config's adapter decides its predictions: a short sha256 of its weights (retraining
+    changes them) and its tuned none bias, if any."""
+    from taskrouter.loading import MANIFEST, read_manifest
+
     if config.kind != "llm" or not config.adapter or config.adapter == "none":
-        return None
-    weights = adapters_root(config) / config.adapter / "adapter_model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else None
+        return {}
+    folder = adapters_root(config) / config.adapter
+    weights = folder / "adapter_model.safetensors"
+    state = {"adapter_weights": hashlib.sha256(weights.read_bytes()).hexdigest()[:16]} if weights.exists() else {}
+    bias = read_manifest(folder).get("none_bias") if (folder / MANIFEST).exists() else None
+    return {**state, **({"none_bias": bias["value"]} if bias else {})}
 
 
 class RouterPool:

@@ -9,8 +9,10 @@ With --endpoint or --sagemaker-endpoint the LLM configs are answered by a runnin
 server or a SageMaker endpoint (strategy, adapter and decoding are sent with each
 request; the config's model is whatever the server runs).
 
---tune-embedding grid-searches the embedding baseline's none threshold on the
---bench files (train splits only) and writes it to evaluation/embedding_threshold.json.
+--tune grid-searches each --config's none decision on the --bench files (never a
+dev/val or test split) instead of evaluating: the embedding baseline's cosine threshold
+(written to evaluation/embedding_threshold.json) or an adapter's none bias (written
+to its router.json, where the server reads it).
 
 Example:
   taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench ../shared/data/clinc150/val.jsonl@2000 \\
@@ -47,26 +49,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument("--endpoint", metavar="URL", help="POST requests to a running server (http://host:port)")
     remote.add_argument("--sagemaker-endpoint", metavar="NAME", help="invoke a SageMaker endpoint through boto3")
     parser.add_argument("--region", help="AWS region for --sagemaker-endpoint (default: boto3's)")
-    parser.add_argument("--tune-embedding", action="store_true",
-                        help="tune the embedding baseline's none threshold on the --bench files instead of evaluating")
+    parser.add_argument("--tune", action="store_true",
+                        help="tune each config's none decision on the --bench files instead of evaluating: "
+                             "the embedding threshold, or an adapter config's none bias (in its router.json)")
     parser.add_argument("--threshold-file", default=None, metavar="FILE",
-                        help="where --tune-embedding writes (default evaluation/embedding_threshold.json)")
+                        help="where --tune writes the embedding threshold (default evaluation/embedding_threshold.json)")
 
 
 def _tune(args: argparse.Namespace) -> None:
+    from .backends import RouterPool, adapters_root
+    from .configs import read_configs, resolve_configs
     from .embedding import THRESHOLD_FILE, EmbeddingRouter, minilm_encoder, save_threshold, tune_threshold
+    from .tuning import save_none_bias, tune_none_bias
 
+    if not args.config:
+        raise ValueError("--tune needs --config: the embedding baseline or an adapter config (e.g. --config adapter)")
+    configs = resolve_configs(args.config, read_configs(args.configs))
+    for config in configs:
+        if config.kind == "llm" and (not config.adapter or config.strategy != "adapter" or config.decoding != "constrained"):
+            raise ValueError(f"--config {config.name}: --tune sets an adapter's none bias; the config needs an "
+                             "adapter, strategy adapter and constrained decoding")
     benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
     for bench in benches:
         if bench.path.name.removesuffix(".jsonl") in {"dev", "val", "valid", "validation", "test"}:
-            sys.exit(f"--bench {bench.path}: tune on a train split; dev/val are for reporting, test is held out")
+            raise ValueError(f"--bench {bench.path}: tune on training-side data; dev/val are for reporting, "
+                             "test is held out")
     conversations = [c for b in benches for c in b.conversations]
-    threshold, accuracy, turns = tune_threshold(EmbeddingRouter(minilm_encoder(), 0.0), conversations)
-    path = Path(args.threshold_file) if args.threshold_file else THRESHOLD_FILE
     data = [{"file": str(b.path), "conversations": len(b.conversations), "of": b.total, "limit": b.limit,
              "sample_seed": b.seed} for b in benches]
-    save_threshold(path, threshold, accuracy, turns, data)
-    print(f"threshold {threshold:.2f} (task accuracy {accuracy:.3f} on {turns} train turns) -> {path}")
+    pool = RouterPool(configs)
+    for config in configs:
+        if config.kind == "embedding":
+            threshold, accuracy, turns = tune_threshold(EmbeddingRouter(minilm_encoder(), 0.0), conversations)
+            path = Path(args.threshold_file) if args.threshold_file else THRESHOLD_FILE
+            save_threshold(path, threshold, accuracy, turns, data)
+            print(f"{config.name}: threshold {threshold:.2f} (task accuracy {accuracy:.3f} on {turns} turns) -> {path}")
+            continue
+        result = tune_none_bias(pool.get(config), config.adapter, conversations)
+        adapter_dir = adapters_root(config) / config.adapter
+        save_none_bias(adapter_dir, result, data)
+        print(f"{config.name}: none bias {result['value']:+.1f} (teacher-forced task accuracy "
+              f"{result['task_accuracy_without']:.3f} -> {result['task_accuracy']:.3f} on {result['turns']} turns) "
+              f"-> {adapter_dir / 'router.json'}")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -90,9 +114,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    """`taskrouter eval`: run, score and report (or tune the embedding threshold)."""
+    """`taskrouter eval`: run, score and report (or tune the configs' none decisions)."""
     try:
-        if args.tune_embedding:
+        if args.tune:
             _tune(args)
             return
         _evaluate(args)

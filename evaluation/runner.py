@@ -8,7 +8,7 @@ conversation already predicted is never recomputed. With `parallel` > 1 several
 conversations are in flight at once (each still turn by turn), which lets an
 in-process router batch them. `run.json` in the output
 directory records what decides the predictions (config definitions, the adapter
-weights' digest, teacher forcing, remote target); resuming with a different setup is refused.
+weights' digest and none bias, teacher forcing, remote target); resuming with a different setup is refused.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from taskrouter.events import event_for
 from taskrouter.schema import NONE, parse_request
 
-from .backends import RouterLike, RouterPool, adapter_digest
+from .backends import RouterLike, RouterPool, adapter_state
 from .benchfile import Bench
 from .configs import EvalConfig
 
@@ -94,9 +94,8 @@ def check_run_record(out: Path, record: dict) -> None:
 
 
 def _decides(config: EvalConfig, remote: str | None) -> dict:
-    """What decides a config's predictions: its definition and, in process, its adapter's weights."""
-    digest = None if remote else adapter_digest(config)
-    return {**config.definition(), **({"adapter_weights": digest} if digest else {})}
+    """What decides a config's predictions: its definition and, in process, its adapter's weights and none bias."""
+    return {**config.definition(), **({} if remote else adapter_state(config))}
 
 
 def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: RouterPool,

@@ -38,13 +38,14 @@ def test_sales_covers_switches_ends_none_and_varied_task_lists(sales):
 
 def test_assistant_data_is_valid_disjoint_and_never_about_sales():
     train = read_conversations(ASSISTANT / "train.jsonl") + read_conversations(ASSISTANT / "train-more.jsonl")
+    calibrate = read_conversations(ASSISTANT / "calibrate.jsonl")
     dev = read_conversations(ASSISTANT / "dev.jsonl")
-    assert len(train) >= 590 and len(dev) >= 50
-    assert len({c["id"] for c in train + dev}) == len(train) + len(dev)
-    # no request written twice across the split (short closings such as "perfect, thanks" may repeat)
+    assert len(train) >= 480 and len(calibrate) >= 100 and len(dev) >= 50
+    assert len({c["id"] for c in train + calibrate + dev}) == len(train) + len(calibrate) + len(dev)
+    # no request written twice across the splits (short closings such as "perfect, thanks" may repeat)
     said = lambda convs: {m["content"] for c in convs for m in c["messages"] if len(m["content"]) > 40}  # noqa: E731
-    assert not said(train) & said(dev)
-    names = {t["name"] for c in train + dev for t in c["tasks"]}
+    assert not said(train) & said(dev) and not said(train) & said(calibrate) and not said(calibrate) & said(dev)
+    names = {t["name"] for c in train + calibrate + dev for t in c["tasks"]}
     assert not names & SEED_TASKS
     assert not [n for n in names if any(w in n for w in ("sale", "prospect", "quote", "deal", "lead"))]
     events = Counter(label["event"] for c in train for label in c["labels"])

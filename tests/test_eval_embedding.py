@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from taskrouter.evaluation.embedding import EmbeddingRouter, best_threshold, task_text, tune_threshold
+from taskrouter.evaluation.embedding import EmbeddingRouter, task_text, tune_threshold
 from taskrouter.schema import parse_request
 
 WORDS = ["recap", "email", "quote", "weather"]
@@ -44,15 +44,6 @@ def test_routes_last_user_message_to_most_similar_task_or_none():
     assert len(encoder.texts) == 5 and encoder.texts[1] == task_text("meeting_recap", "Write a recap of a meeting")
 
 
-def test_best_threshold_maximises_accuracy_on_hand_case():
-    sims = np.array([0.9, 0.8, 0.4, 0.3, 0.6])
-    best_is_gold = np.array([True, True, False, False, False])
-    gold_is_none = np.array([False, False, True, True, True])
-    threshold, accuracy = best_threshold(sims, best_is_gold, gold_is_none)
-    assert threshold == pytest.approx(0.71) and accuracy == 1.0  # middle of the perfect range 0.61-0.80
-    assert best_threshold(sims, best_is_gold, gold_is_none, np.array([0.0, 0.5]))[1] == pytest.approx(0.8)
-
-
 def test_tune_threshold_on_labelled_turns():
     conv = {"id": "t", "tasks": TASKS,
             "messages": [{"role": "user", "content": "recap of the call"}, {"role": "assistant", "content": "ok"},
@@ -69,5 +60,5 @@ def test_tuning_refuses_reporting_and_test_splits(tmp_path):
     path = tmp_path / "clinc150" / "val.jsonl"
     path.parent.mkdir()
     path.write_text("")
-    with pytest.raises(SystemExit, match="tune on a train split"):
-        main(["eval", "--tune-embedding", "--bench", str(path)])
+    with pytest.raises(SystemExit, match="tune on training-side data"):
+        main(["eval", "--tune", "--config", "embedding", "--bench", str(path)])

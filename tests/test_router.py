@@ -4,6 +4,7 @@ import torch
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import RequestError, parse_request
+from tiny import build_adapter
 
 
 def _route(router, payload):
@@ -173,25 +174,10 @@ def test_falcon_architecture_routes(tiny_falcon_dir, request_payload):
     assert torch.get_num_threads() >= 1
 
 
-def _tiny_adapter(base_dir, out, history_tokens):
-    import json
-
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    model.save_pretrained(out)
-    (out / "router.json").write_text(json.dumps({"name": out.name, "base_model": base_dir.name,
-                                                 "prompt_format": "adapter",
-                                                 "hyper_parameters": {"history_tokens": history_tokens}}))
-    return out
-
-
 def test_adapter_is_default_and_sees_as_much_history_as_in_training(tiny_dir, tmp_path, request_payload):
     from taskrouter.prompts import build_prompt, encode_prompt
 
-    adapter = _tiny_adapter(tiny_dir, tmp_path / "tiny-router", history_tokens=40)
+    adapter = build_adapter(tiny_dir, tmp_path / "tiny-router", history_tokens=40)
     router = Router(load_model(str(tiny_dir), {"tiny-router": adapter}))
     long = {**request_payload, "messages": [{"role": "user", "content": f"message {i} about the recap"}
                                             if i % 2 == 0 else {"role": "assistant", "content": "ok"}

@@ -52,3 +52,17 @@ def build_model(out: Path, arch: str = "gemma3", seed: int = 0) -> Path:
     model.save_pretrained(out)
     (out / "taskrouter.json").write_text(json.dumps({"base_model": out.name}))
     return out
+
+
+def build_adapter(base_dir: Path, out: Path, history_tokens: int = 96) -> Path:
+    """Save a random LoRA adapter of the tiny model with its router.json manifest to `out`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    (out / "router.json").write_text(json.dumps({"name": out.name, "base_model": base_dir.name,
+                                                 "prompt_format": "adapter",
+                                                 "hyper_parameters": {"history_tokens": history_tokens}}))
+    return out

@@ -138,6 +138,11 @@ class Router:
 
     def _answer(self, job: _Job, probs: torch.Tensor, raw: str | None) -> RouteAnswer:
         request, names = job.request, job.names
+        bias = self.none_bias(job.adapter) if job.strategy == "adapter" and request.decoding == "constrained" else 0.0
+        if bias:  # names end with none: shift its log-probability, then renormalise
+            logp = torch.log(probs)
+            logp[-1] += bias
+            probs = torch.softmax(logp, dim=0)
         order = torch.argsort(probs, descending=True).tolist()
         valid = bool(probs.sum() > 0)  # only free text can name nothing listed
         best = names[order[0]] if valid else NONE
@@ -150,6 +155,13 @@ class Router:
             model=self.loaded.name, adapter=job.adapter, strategy=job.strategy, decoding=request.decoding,
             valid=valid, raw=raw, latency_ms=round((time.perf_counter() - job.started) * 1000, 2),
         )
+
+    def none_bias(self, adapter: str | None) -> float:
+        """The adapter's tuned none bias (router.json `none_bias.value`, 0 if untuned): a log-odds
+        offset added to none before the choice. It corrects the prior of none a small adapter learns
+        from its training mix; `taskrouter eval --tune` sets it on held-out labelled turns."""
+        manifest = self.loaded.adapters.get(adapter) if adapter else None
+        return float((manifest or {}).get("none_bias", {}).get("value", 0.0))
 
     def _trie(self, names: list[str]) -> NameTrie:
         key = tuple(names)
