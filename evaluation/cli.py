@@ -64,6 +64,8 @@ def _tune(args: argparse.Namespace) -> None:
 
     if not args.config:
         raise ValueError("--tune needs --config: the embedding baseline or an adapter config (e.g. --config adapter)")
+    if args.endpoint or args.sagemaker_endpoint:
+        raise ValueError("--tune runs the adapter in process and writes its router.json; it cannot tune an endpoint")
     configs = resolve_configs(args.config, read_configs(args.configs))
     for config in configs:
         if config.kind == "llm" and (not config.adapter or config.strategy != "adapter" or config.decoding != "constrained"):

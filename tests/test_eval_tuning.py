@@ -1,6 +1,7 @@
 """The none decision's tuning: the grid search, the adapter's none bias in the Router, and `eval --tune`."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,10 +103,23 @@ def test_tune_writes_the_bias_the_server_then_reproduces(tiny_dir, adapters, tmp
     assert again["value"] == tuned["value"] and again["task_accuracy_without"] == tuned["task_accuracy_without"]
 
 
-def test_tune_refuses_a_config_without_an_adapter(tiny_dir, tmp_path):
+def test_tune_refuses_a_config_without_an_adapter_and_an_endpoint(tiny_dir, tmp_path):
     bench = tmp_path / "calibrate.jsonl"
     bench.write_text(json.dumps(CONVERSATIONS[0]) + "\n")
     with pytest.raises(SystemExit, match="--config base: --tune sets an adapter's none bias"):
         main(["eval", "--tune", "--config", f"base:model={tiny_dir}", "--bench", str(bench)])
     with pytest.raises(SystemExit, match="--tune needs --config"):
         main(["eval", "--tune", "--bench", str(bench)])
+    with pytest.raises(SystemExit, match="cannot tune an endpoint"):
+        main(["eval", "--tune", "--config", "adapter", "--endpoint", "http://127.0.0.1:9", "--bench", str(bench)])
+
+
+def test_the_shipped_adapter_bias_was_tuned_on_data_it_never_trained_on():
+    from taskrouter.loading import DEFAULT_ADAPTERS_DIR, read_manifest
+
+    manifest = read_manifest(DEFAULT_ADAPTERS_DIR / "gemma3-270m-router")
+    tuned_on = [Path(d["file"]).name for d in manifest["none_bias"]["data"]]
+    trained_on = [Path(f).name for f in manifest["training_data"]["files"]]
+    assert tuned_on and not set(tuned_on) & set(trained_on)
+    assert not {Path(n).stem for n in tuned_on} & {"dev", "val", "test"}
+    assert -8 <= manifest["none_bias"]["value"] <= 8
