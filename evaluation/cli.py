@@ -68,7 +68,8 @@ def _tune(args: argparse.Namespace) -> None:
         raise ValueError("--tune runs the adapter in process and writes its router.json; it cannot tune an endpoint")
     configs = resolve_configs(args.config, read_configs(args.configs))
     for config in configs:
-        if config.kind == "llm" and (not config.adapter or config.strategy != "adapter" or config.decoding != "constrained"):
+        tunable = config.adapter and config.strategy == "adapter" and config.decoding == "constrained"
+        if config.kind == "llm" and not tunable:
             raise ValueError(f"--config {config.name}: --tune sets an adapter's none bias; the config needs an "
                              "adapter, strategy adapter and constrained decoding")
     benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]

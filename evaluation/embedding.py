@@ -47,8 +47,8 @@ def task_text(name: str, description: str) -> str:
 def read_threshold(path: Path = THRESHOLD_FILE) -> float:
     """The tuned threshold; a clear error tells how to tune it when the file is missing."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `taskrouter eval --tune --config embedding --bench TRAIN.jsonl ...` "
-                                "or set `threshold:` in the embedding config")
+        raise FileNotFoundError(f"{path} is missing: run `taskrouter eval --tune --config embedding "
+                                "--bench TRAIN.jsonl ...` or set `threshold:` in the embedding config")
     return float(json.loads(path.read_text())["threshold"])
 
 

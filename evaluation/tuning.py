@@ -14,11 +14,15 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taskrouter.loading import MANIFEST, read_manifest
 from taskrouter.schema import NONE, Limits, parse_request
+
+if TYPE_CHECKING:
+    from taskrouter.router import Router
 
 BIAS_GRID = np.round(np.arange(-8.0, 8.0001, 0.1), 1)
 FLOOR = 1e-6  # candidates' probabilities are rounded to 6 decimals
@@ -34,7 +38,8 @@ def best_threshold(scores: np.ndarray, best_is_gold: np.ndarray, gold_is_none: n
     return float(grid[i]), float(accuracies[i])
 
 
-def none_log_odds(router, adapter: str, conversations: list[dict], parallel: int = 8):
+def none_log_odds(router: Router, adapter: str, conversations: list[dict],
+                  parallel: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per labelled turn, teacher-forced: log p(best task) - log p(none) of the adapter before any
     none bias, whether that best task is the gold one, and whether the gold is none."""
     from tqdm import tqdm
@@ -64,7 +69,7 @@ def none_log_odds(router, adapter: str, conversations: list[dict], parallel: int
     return log_odds, best_is_gold, np.array([g is None for g in golds])
 
 
-def tune_none_bias(router, adapter: str, conversations: list[dict]) -> dict:
+def tune_none_bias(router: Router, adapter: str, conversations: list[dict]) -> dict:
     """The none bias with the best teacher-forced task accuracy, and the accuracy without it."""
     log_odds, best_is_gold, gold_is_none = none_log_odds(router, adapter, conversations)
     value, accuracy = best_threshold(log_odds, best_is_gold, gold_is_none, BIAS_GRID)
