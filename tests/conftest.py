@@ -8,13 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from records import TASKS  # noqa: E402
 from tiny import build_model  # noqa: E402
 
-TASKS = [
-    {"name": "meeting_recap", "description": "Write a recap of a meeting"},
-    {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
-    {"name": "prepare_a_quote", "description": "Prepare a price quote"},
-]
 
 
 @pytest.fixture(scope="session")

@@ -14,24 +14,9 @@ from taskrouter.evaluation.cli import add_arguments, command_line
 from taskrouter.evaluation.configs import EvalConfig, parse_inline, read_configs, resolve_configs
 from taskrouter.evaluation.runner import read_predictions, route_conversation, run_all
 from taskrouter.schema import Candidate, RouteAnswer
+from records import conversation
 
-TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
-         {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
-         {"name": "prepare_a_quote", "description": "Prepare a price quote"}]
 PREDICTION_KEYS = ["id", "turn", "task", "event", "latency_ms", "valid"]
-
-
-def conversation(cid, turns):
-    messages, labels, previous = [], [], None
-    for i, (text, task) in enumerate(turns):
-        if i:
-            messages.append({"role": "assistant", "content": "Sure, here it is."})
-        labels.append({"turn": len(messages), "task": task,
-                       "event": ("none" if task is None else "start") if previous is None else
-                       ("end" if task is None else "continue" if task == previous else "switch")})
-        messages.append({"role": "user", "content": text})
-        previous = task
-    return {"id": cid, "source": "test", "tasks": TASKS, "messages": messages, "labels": labels}
 
 
 CONVERSATIONS = [

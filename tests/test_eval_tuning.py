@@ -11,32 +11,15 @@ from taskrouter.evaluation.tuning import best_threshold
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
+from records import TASKS, conversation
 from tiny import build_adapter
 
-TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
-         {"name": "follow_up_email", "description": "Write a follow-up email to a prospect"},
-         {"name": "prepare_a_quote", "description": "Prepare a price quote"}]
-
-
-def turn_record(cid: str, texts_and_tasks: list[tuple[str, str | None]]) -> dict:
-    messages, labels, previous = [], [], None
-    for text, task in texts_and_tasks:
-        if messages:
-            messages.append({"role": "assistant", "content": "Done."})
-        event = (("none" if task is None else "start") if previous is None else
-                 "end" if task is None else "continue" if task == previous else "switch")
-        labels.append({"turn": len(messages), "task": task, "event": event})
-        messages.append({"role": "user", "content": text})
-        previous = task
-    return {"id": cid, "source": "test", "tasks": TASKS, "messages": messages, "labels": labels}
-
-
 CONVERSATIONS = [
-    turn_record("a", [("Write a recap of the ACME meeting.", "meeting_recap"), ("Thanks, that's all.", None)]),
-    turn_record("b", [("Send a follow-up email to Dana.", "follow_up_email"),
+    conversation("a", [("Write a recap of the ACME meeting.", "meeting_recap"), ("Thanks, that's all.", None)]),
+    conversation("b", [("Send a follow-up email to Dana.", "follow_up_email"),
                       ("Actually, prepare a quote for her first.", "prepare_a_quote")]),
-    turn_record("c", [("What's the weather in Lyon?", None), ("And tomorrow?", None)]),
-    turn_record("d", [("Play some music.", None), ("Recap the call with Bo.", "meeting_recap")]),
+    conversation("c", [("What's the weather in Lyon?", None), ("And tomorrow?", None)]),
+    conversation("d", [("Play some music.", None), ("Recap the call with Bo.", "meeting_recap")]),
 ]
 
 
