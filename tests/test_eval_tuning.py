@@ -1,6 +1,7 @@
 """The none decision's tuning: the grid search, the adapter's none bias in the Router, and `eval --tune`."""
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,12 @@ def test_the_shipped_adapter_bias_was_tuned_on_data_it_never_trained_on():
     from taskrouter.loading import DEFAULT_ADAPTERS_DIR, read_manifest
 
     manifest = read_manifest(DEFAULT_ADAPTERS_DIR / "gemma3-270m-router")
-    tuned_on = [Path(d["file"]).name for d in manifest["none_bias"]["data"]]
-    trained_on = [Path(f).name for f in manifest["training_data"]["files"]]
-    assert tuned_on and not set(tuned_on) & set(trained_on)
+    tuned_on = {d["file"] for d in manifest["none_bias"]["data"]}
+    trained_on, step = set(manifest["training_data"]["files"]), manifest
+    while step:  # the warm-start chain: every run's --data files
+        words = shlex.split(step["train_command"])
+        trained_on |= {words[i + 1] for i, w in enumerate(words) if w == "--data"}
+        step = step["init_adapter"]
+    assert len(trained_on) >= 3 and tuned_on and not tuned_on & trained_on
     assert not {Path(n).stem for n in tuned_on} & {"dev", "val", "test"}
     assert -8 <= manifest["none_bias"]["value"] <= 8

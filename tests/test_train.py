@@ -53,14 +53,17 @@ def route(model_dir: Path, adapter_dir: Path) -> dict:
 def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data, tmp_path):
     out = tmp_path / "adapters" / "tiny-router"
     manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 3, "--grad-accum", 1,
-                     "--lr", 0.02, "--dev", data, "--dev-turns", 1)
+                     "--lr", 0.02, "--dev", data, "--dev-turns", 1, "--augment", "wrong_current=0.5")
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert manifest["name"] == "tiny-router" and manifest["base_model"] == "tiny-gemma3"
     assert manifest["prompt_format"] == "adapter" and manifest["quantization"] == "none"
     assert manifest["training"]["optimizer_steps"] == 3
     assert manifest["training_data"]["examples"]["by_event"] == {"start": 3}
     assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
-    assert build_parser().parse_args(shlex.split(manifest["train_command"])[1:]).rank == 8
+    again = build_parser().parse_args(shlex.split(manifest["train_command"])[1:])
+    assert again.rank == 8 and again.augment == "wrong_current=0.5"
+    assert manifest["hyper_parameters"]["augment"]["wrong_current"] == 0.5
+    assert manifest["hyper_parameters"]["augment"]["rename"] == 0.2  # what is not named keeps its default
     assert loss_on(tiny_dir, out) < loss_on(tiny_dir, None) - 0.1
     answer = route(tiny_dir, out)
     assert answer["adapter"] == "a" and answer["strategy"] == "adapter" and answer["task"] in {"meeting_recap",
@@ -112,6 +115,10 @@ def test_bad_target_modules_and_balance_are_named(tiny_dir, data, tmp_path):
         train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--target-modules", "no_such_layer")
     with pytest.raises(SystemExit, match="--balance: unknown event 'begin'"):
         train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--balance", "begin=1")
+    with pytest.raises(SystemExit, match="--augment: unknown augmentation 'flip'"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--augment", "flip=0.5")
+    with pytest.raises(SystemExit, match="--augment: rename=2.0 is not a probability"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--augment", "rename=2")
 
 
 def test_falcon7b_manifest_holds_the_gpu_command():

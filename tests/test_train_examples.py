@@ -1,6 +1,7 @@
 """Training packs: the serving prompt + answer, labels on the answer only, one forward per pack, augmentation, balance."""
 import random
 from collections import Counter
+from dataclasses import fields
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from transformers import AutoTokenizer
 from taskrouter.loading import load_model
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
-from taskrouter.training.examples import IGNORE, Augment, Pack, Plan, Regrouper, augment, conversation_plan, \
+from taskrouter.training.examples import IGNORE, VERBS, Augment, Pack, Plan, Regrouper, augment, conversation_plan, \
     encode_pack, keep_probabilities, sample_plans
 from taskrouter.training.train import pack_loss
 
@@ -18,6 +19,13 @@ TASKS = [{"name": "meeting_recap", "description": "Write a recap of a meeting"},
          {"name": "prepare_a_quote", "description": "Prepare a price quote"},
          {"name": "book_a_flight", "description": "Book a flight"},
          {"name": "weather", "description": "Weather forecast"}]
+
+
+def only(**probabilities: float) -> Augment:
+    """An augmentation doing only what is named."""
+    return Augment(**{**{f.name: 0.0 for f in fields(Augment)}, **probabilities})
+
+
 MESSAGES = [{"role": "user", "content": "Please write a recap of the meeting with ACME."},
             {"role": "assistant", "content": "Sure, what were the main points?"},
             {"role": "user", "content": "Send a follow-up email to the prospect."},
@@ -79,7 +87,7 @@ def test_renaming_keeps_gold_and_current_consistent():
     plan = conversation_plan(RECORD)
     descriptions = {t["name"]: t["description"] for t in TASKS}
     for seed in range(40):
-        renamed = augment(plan, random.Random(seed), Augment(drop_distractors=0, drop_gold=0, rename=1))
+        renamed = augment(plan, random.Random(seed), only(rename=1))
         by_name = {t["name"]: t["description"] for t in renamed.tasks}
         assert "meeting_recap" not in by_name
         for before, after in zip(plan.queries, renamed.queries):
@@ -91,16 +99,16 @@ def test_renaming_keeps_gold_and_current_consistent():
 def test_dropping_keeps_used_tasks_unless_one_leaves_and_its_turns_become_none():
     plan = conversation_plan(RECORD)
     for seed in range(40):
-        kept = augment(plan, random.Random(seed), Augment(drop_distractors=1, drop_gold=0, rename=0))
+        kept = augment(plan, random.Random(seed), only(drop_distractors=1))
         names = {t["name"] for t in kept.tasks}
         assert {"meeting_recap", "follow_up_email"} <= names and len(names) >= 2
-        dropped = augment(plan, random.Random(seed), Augment(drop_distractors=0, drop_gold=1, rename=0))
+        dropped = augment(plan, random.Random(seed), only(drop_gold=1))
         names = {t["name"] for t in dropped.tasks}
         gone = ({"meeting_recap", "follow_up_email"} - names).pop()
         assert len(names) == 4
         for q in dropped.queries:
             assert gone not in (q.gold, q.current) and (q.current is None or q.current in names)
-    gone_first = [q.event for q in augment(plan, random.Random(2), Augment(0, 1, 0)).queries]
+    gone_first = [q.event for q in augment(plan, random.Random(2), only(drop_gold=1)).queries]
     assert gone_first in (["none", "start", "end"], ["start", "end", "none"])
 
 
@@ -145,3 +153,37 @@ def test_sampling_fills_the_quota_and_balances_events():
     assert sum(counts.values()) == 2000 and set(counts) == {"start", "switch", "end", "none"}
     assert all(abs(c / 2000 - 0.25) < 0.05 for c in counts.values())
     assert len(plans) < 2000  # examples are packed
+
+
+def test_verb_swap_changes_a_names_leading_verb_never_its_description_or_labels():
+    plan = conversation_plan(RECORD)
+    descriptions = {t["name"]: t["description"] for t in TASKS}
+    swapped_any = False
+    for seed in range(40):
+        swapped = augment(plan, random.Random(seed), only(swap_verbs=1))
+        by_description = {t["description"]: t["name"] for t in swapped.tasks}
+        for name, description in descriptions.items():
+            new = by_description[description]
+            assert new.partition("_")[2] == name.partition("_")[2]  # only the leading word may change
+            if new != name:
+                swapped_any = True
+                assert new.split("_")[0] in VERBS
+        for before, after in zip(plan.queries, swapped.queries):
+            assert after.event == before.event
+            if before.gold:
+                assert descriptions[before.gold] == next(t["description"] for t in swapped.tasks
+                                                         if t["name"] == after.gold)
+    assert swapped_any
+
+
+def test_wrong_current_task_changes_later_turns_current_never_their_gold():
+    plan = conversation_plan(RECORD)
+    names = {t["name"] for t in TASKS} | {None}
+    changed = 0
+    for seed in range(40):
+        noisy = augment(plan, random.Random(seed), only(wrong_current=0.5))
+        assert noisy.queries[0] == plan.queries[0]  # a first turn has no current task to get wrong
+        for before, after in zip(plan.queries, noisy.queries):
+            assert after.gold == before.gold and after.current in names
+            changed += after.current != before.current
+    assert changed > 10

@@ -92,7 +92,8 @@ def describe(exc: ValidationError) -> str:
     return f"{path}: {err['msg']}" if path else err["msg"]
 
 
-def parse_shares(text: str, allowed: Collection[str], option: str, what: str) -> dict[str, float]:
+def parse_shares(text: str, allowed: Collection[str], option: str, what: str,
+                 need_positive: bool = True) -> dict[str, float]:
     """`a=0.3,b=0.7` -> {a: 0.3, b: 0.7}; a name outside `allowed` or a bad share is an error naming `option`."""
     shares: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -105,6 +106,6 @@ def parse_shares(text: str, allowed: Collection[str], option: str, what: str) ->
             raise ValueError(f"{option}: {part!r} is not {what.upper()}=SHARE") from None
         if shares[name] < 0:
             raise ValueError(f"{option}: {name} share must not be negative")
-    if sum(shares.values()) <= 0:
+    if need_positive and sum(shares.values()) <= 0:
         raise ValueError(f"{option}: at least one share must be positive")
     return shares

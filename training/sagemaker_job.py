@@ -43,7 +43,7 @@ main(["train", *json.loads(os.environ["SM_HP_TRAIN_ARGS"])])
 TRAINING_MODULES = ("__init__.py", "examples.py", "sagemaker_job.py", "train.py")
 # options of `taskrouter train` forwarded to the job as they are
 FORWARDED = ("max_examples", "history_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules", "grad_accum",
-             "balance", "seed", "save_every", "time_budget", "dev_turns")
+             "balance", "augment", "seed", "save_every", "time_budget", "dev_turns")
 
 
 def add_sagemaker_arguments(parser: argparse.ArgumentParser) -> None:

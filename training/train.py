@@ -27,6 +27,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from taskrouter.loading import MANIFEST, load_base
 from taskrouter.scorer import softcap
 from taskrouter.treeattention import tree_layout, tree_masks
 
-from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Pack, sample_packs, summarize
+from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, sample_packs, summarize
 from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per optimizer step (whole packs: a step closes once this many are seen)")
     parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
                         help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
+    parser.add_argument("--augment", default="", metavar="NAME=P,...",
+                        help="augmentation probabilities to change, of: " + ", ".join(f"{f.name} ({f.default})"
+                        for f in fields(Augment)) + "; see training/examples.py")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, augmentation and LoRA init")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a CPU shared with other jobs)")
@@ -92,6 +96,16 @@ def parse_balance(text: str) -> dict[str, float]:
     return parse_shares(text, EVENTS, "--balance", "event")
 
 
+def parse_augment(text: str) -> Augment:
+    """`swap_verbs=0.3,wrong_current=0.1` -> the default augmentation with those probabilities."""
+    names = [f.name for f in fields(Augment)]
+    given = parse_shares(text, names, "--augment", "augmentation", need_positive=False) if text else {}
+    for name, p in given.items():
+        if p > 1:
+            raise ValueError(f"--augment: {name}={p} is not a probability (0 to 1)")
+    return replace(Augment(), **given)
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The `taskrouter train` command that reproduces this run (every training option spelled out)."""
     parts = ["taskrouter", "train", "--base", args.base]
@@ -103,6 +117,8 @@ def command_line(args: argparse.Namespace) -> str:
     for option in ("max_examples", "history_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules",
                    "grad_accum", "balance", "seed"):
         parts += ["--" + option.replace("_", "-"), str(getattr(args, option))]
+    if args.augment:
+        parts += ["--augment", args.augment]
     if args.time_budget is not None:
         parts += ["--time-budget", str(args.time_budget)]
     for path in args.dev:
@@ -180,7 +196,7 @@ def lr_factor(progress: float, warmup: float = 0.05) -> float:
 def fingerprint(args: argparse.Namespace) -> str:
     """Identifies the example stream, so a resume never mixes two different runs."""
     key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
-           args.rank, args.target_modules, args.init_adapter]
+           args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -252,7 +268,7 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
 def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
     """The sampled packs, repeated over the epochs (same sample each epoch)."""
     packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
-                         args.history_tokens)
+                         args.history_tokens, parse_augment(args.augment))
     return [p for _ in range(args.epochs) for p in packs]
 
 
@@ -329,7 +345,7 @@ def train(args: argparse.Namespace) -> dict:
                              "grad_accum": args.grad_accum, "batch_size": 1, "history_tokens": args.history_tokens,
                              "max_examples": args.max_examples, "balance": parse_balance(args.balance),
                              "seed": args.seed, "optimizer": "paged_adamw" if quantization == "nf4" else "adamw",
-                             "schedule": "5% warm-up, cosine to 10%"},
+                             "schedule": "5% warm-up, cosine to 10%", "augment": asdict(parse_augment(args.augment))},
         "init_adapter": init,
         "training": training,
         "dev_metrics": None,
@@ -392,6 +408,7 @@ def run(args: argparse.Namespace) -> None:
     """`taskrouter train`: local training, or a SageMaker training job with --sagemaker."""
     try:
         parse_balance(args.balance)
+        parse_augment(args.augment)
         for path in args.data + args.dev:
             if not Path(path).is_file():
                 raise ValueError(f"--data/--dev: {path} is not a file")
