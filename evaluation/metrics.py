@@ -7,6 +7,10 @@ matrix, precision, recall and F1; none detection is the precision and recall of
 interpolation) and mean per routing request. A ratio with a zero denominator is
 `None` (reported as "n/a"), never a made-up 0 or 1; F1 is 2tp / (2tp + fp + fn), so
 it is 0 when a point exists or is predicted but never hit.
+
+One measure beyond BENCH_FORMAT: task accuracy on the turns that follow a wrong
+answer in the same conversation. Closed loop, that wrong answer is the request's
+current task, so this says how often the router recovers from its own mistakes.
 """
 from __future__ import annotations
 
@@ -83,6 +87,9 @@ def compute_metrics(conversations: Iterable[Mapping], predictions: Iterable[Mapp
     none = binary_scores([g == NONE_CLASS for g in gold_tasks], [p == NONE_CLASS for p in pred_tasks])
     metrics["none"] = {"precision": none["precision"], "recall": none["recall"], "tp": none["tp"],
                        "fp": none["fp"], "fn": none["fn"]}
+    after_miss = [g == p for i, (g, p) in enumerate(zip(gold_tasks, pred_tasks))
+                  if i and pairs[i - 1][1]["id"] == pairs[i][1]["id"] and gold_tasks[i - 1] != pred_tasks[i - 1]]
+    metrics["after_miss"] = {"turns": len(after_miss), "task_accuracy": _ratio(sum(after_miss), len(after_miss))}
     metrics["invalid"] = sum(not p["valid"] for _, p in pairs)
     metrics["latency"] = latency_stats([p["latency_ms"] for _, p in pairs])
     return metrics

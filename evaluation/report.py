@@ -23,11 +23,12 @@ def bench_tables(bench: Bench, results: dict[str, dict]) -> str:
     lines = [f"## {bench.name}", "",
              f"`{bench.path}`: {len(bench.conversations)} of {bench.total} conversations"
              + (f" (sample seed {bench.seed})" if len(bench.conversations) < bench.total else ""), "",
-             "| config | turns | task acc | none P | none R | invalid | p50 ms | p95 ms | mean ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| config | turns | task acc | acc after a miss | none P | none R | invalid | p50 ms | p95 ms | mean ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results.items():
         lat = m["latency"]
-        lines.append(f"| {name} | {m['turns']} | {_num(m['task_accuracy'])} | {_num(m['none']['precision'])} | "
+        lines.append(f"| {name} | {m['turns']} | {_num(m['task_accuracy'])} | {_num(m['after_miss']['task_accuracy'])} "
+                     f"({m['after_miss']['turns']}) | {_num(m['none']['precision'])} | "
                      f"{_num(m['none']['recall'])} | {m['invalid']} | {_num(lat['p50_ms'], 0)} | "
                      f"{_num(lat['p95_ms'], 0)} | {_num(lat['mean_ms'], 0)} |")
     lines += ["", "Start / end / switch points, precision / recall / F1 (gold count in brackets):", "",

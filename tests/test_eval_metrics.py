@@ -40,7 +40,13 @@ def test_hand_computed_metrics():
     assert (m["switch"]["precision"], m["switch"]["recall"], m["switch"]["f1"]) == (0.0, 0.0, 0.0)
     assert (m["none"]["precision"], m["none"]["recall"]) == (0.5, 0.5)
     assert m["invalid"] == 1
+    assert m["after_miss"] == {"turns": 2, "task_accuracy": 0.5}  # A turn 4 recovers, B turn 2 does not
     assert m["latency"] == {"p50_ms": 35.0, "p95_ms": pytest.approx(57.5), "mean_ms": 35.0}
+
+
+def test_after_a_miss_never_looks_across_conversations():
+    # B ends on a miss and A follows it: A's first turn has no previous answer of its own
+    assert compute_metrics([GOLD[1], GOLD[0]], PREDS)["after_miss"] == {"turns": 2, "task_accuracy": 0.5}
 
 
 def test_null_task_counts_as_class_none():
