@@ -102,7 +102,7 @@ def train_args(args: argparse.Namespace, name: str) -> list[str]:
     out += ["--out", f"/opt/ml/model/{name}", "--checkpoint-dir", "/opt/ml/checkpoints", "--resume"]
     for option in FORWARDED:
         value = getattr(args, option, None)
-        if value is not None:
+        if value not in (None, ""):
             out += ["--" + option.replace("_", "-"), str(value)]
     return out
 
