@@ -195,6 +195,7 @@ def lr_factor(progress: float, warmup: float = 0.05) -> float:
 
 def fingerprint(args: argparse.Namespace) -> str:
     """Identifies the example stream, so a resume never mixes two different runs."""
+    # --augment joins the key only when set, so checkpoints written before it existed still resume
     key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
            args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
