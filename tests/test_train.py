@@ -31,6 +31,14 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
+def predictions(folder: Path) -> Path:
+    """A closed-loop `taskrouter eval` predictions file on the `data` conversation."""
+    path = folder / "predictions-adapter-one.jsonl"
+    path.write_text(json.dumps({"id": "c1", "turn": 0, "task": "meeting_recap", "event": "start", "latency_ms": 1.0,
+                                "valid": True}) + "\n")
+    return path
+
+
 def train(*argv) -> dict:
     main(["train", *map(str, argv), "--threads", "1"])
     out = Path(argv[argv.index("--out") + 1])
@@ -53,7 +61,8 @@ def route(model_dir: Path, adapter_dir: Path) -> dict:
 def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data, tmp_path):
     out = tmp_path / "adapters" / "tiny-router"
     manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 3, "--grad-accum", 1,
-                     "--lr", 0.02, "--dev", data, "--dev-turns", 1, "--augment", "wrong_current=0.5")
+                     "--lr", 0.02, "--dev", data, "--dev-turns", 1, "--augment", "wrong_current=0.5",
+                     "--closed-loop", predictions(tmp_path))
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert manifest["name"] == "tiny-router" and manifest["base_model"] == "tiny-gemma3"
     assert manifest["prompt_format"] == "adapter" and manifest["quantization"] == "none"
@@ -62,6 +71,7 @@ def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data
     assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
     again = build_parser().parse_args(shlex.split(manifest["train_command"])[1:])
     assert again.rank == 8 and again.augment == "wrong_current=0.5"
+    assert again.closed_loop == manifest["training_data"]["closed_loop"] == [str(predictions(tmp_path))]
     assert manifest["hyper_parameters"]["augment"]["wrong_current"] == 0.5
     assert manifest["hyper_parameters"]["augment"]["rename"] == 0.2  # what is not named keeps its default
     assert loss_on(tiny_dir, out) < loss_on(tiny_dir, None) - 0.1
@@ -144,8 +154,9 @@ def aws(monkeypatch):
         yield
 
 
-def test_sagemaker_launches_the_same_training_as_a_job(aws, data, capsys):
-    main(["train", "--base", "tiiuae/falcon-7b", "--data", str(data), "--out", "model_artifacts/adapters/falcon7b-qlora",
+def test_sagemaker_launches_the_same_training_as_a_job(aws, data, tmp_path, capsys):
+    main(["train", "--base", "tiiuae/falcon-7b", "--data", str(data), "--closed-loop", str(predictions(tmp_path)),
+          "--out", "model_artifacts/adapters/falcon7b-qlora",
           "--target-modules", "query_key_value", "--rank", "16", "--sagemaker", "--sagemaker-bucket", "taskrouter-train",
           "--sagemaker-role", "arn:aws:iam::123456789012:role/SageMakerTraining"])
     sagemaker = boto3.client("sagemaker")
@@ -157,15 +168,18 @@ def test_sagemaker_launches_the_same_training_as_a_job(aws, data, capsys):
     args = json.loads(job["HyperParameters"]["train_args"])
     assert args[:4] == ["--base", "tiiuae/falcon-7b", "--data", "/opt/ml/input/data/train/one.jsonl"]
     assert args[args.index("--target-modules") + 1] == "query_key_value" and "--resume" in args
+    assert args[args.index("--closed-loop") + 1] == "/opt/ml/input/data/closedloop/predictions-adapter-one.jsonl"
     assert json.loads(job["HyperParameters"]["sagemaker_program"]) == "train_entry.py"
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="taskrouter-train")["Contents"]]
     assert any(k.endswith("/train/one.jsonl") for k in keys) and any(k.endswith("sourcedir.tar.gz") for k in keys)
+    assert any(k.endswith("/closedloop/predictions-adapter-one.jsonl") for k in keys)
     assert summary["TrainingJobName"] in capsys.readouterr().out
     [source] = [k for k in keys if k.endswith("sourcedir.tar.gz")]
     body = boto3.client("s3").get_object(Bucket="taskrouter-train", Key=source)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = tar.getnames()
-    assert {"train_entry.py", "requirements.txt", "taskrouter/prompts.py", "taskrouter/training/train.py"} <= set(names)
+    assert {"train_entry.py", "requirements.txt", "taskrouter/prompts.py", "taskrouter/training/train.py",
+            "taskrouter/training/closed_loop.py"} <= set(names)
 
 
 def test_sagemaker_warm_start_ships_the_starting_adapter_as_a_channel(aws, data, tmp_path):

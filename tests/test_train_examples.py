@@ -1,4 +1,6 @@
-"""Training packs: the serving prompt + answer, labels on the answer only, one forward per pack, augmentation, balance."""
+"""Training packs: the serving prompt + answer, labels on the answer only, one forward per pack, augmentation,
+balance, closed-loop replays."""
+import json
 import random
 from collections import Counter
 from dataclasses import fields
@@ -10,6 +12,7 @@ from transformers import AutoTokenizer
 from taskrouter.loading import load_model
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
+from taskrouter.training.closed_loop import replay_records
 from taskrouter.training.examples import IGNORE, VERBS, Augment, Pack, Plan, Regrouper, augment, conversation_plan, \
     encode_pack, keep_probabilities, sample_plans
 from taskrouter.training.train import pack_loss
@@ -187,3 +190,39 @@ def test_wrong_current_task_changes_later_turns_current_never_their_gold():
             assert after.gold == before.gold and after.current in names
             changed += after.current != before.current
     assert changed > 10
+
+
+def predictions_file(tmp_path, answers: dict[str, list], run: dict | None = None):
+    """A `taskrouter eval` predictions file (and, if given, its run.json) answering each labelled turn."""
+    lines = [json.dumps({"id": cid, "turn": turn, "task": task, "event": "x", "latency_ms": 1.0, "valid": True})
+             for cid, tasks in answers.items() for turn, task in zip((0, 2, 4), tasks)]
+    path = tmp_path / "predictions-adapter-x-train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    if run is not None:
+        (tmp_path / "run.json").write_text(json.dumps(run))
+    return path
+
+
+def test_closed_loop_replay_trains_the_routers_own_currents_with_the_gold_answers(tmp_path):
+    right = {**RECORD, "id": "c2"}
+    unfinished = {**RECORD, "id": "c3"}
+    path = predictions_file(tmp_path, {"c1": ["follow_up_email", "follow_up_email", None],
+                                       "c2": ["meeting_recap", "follow_up_email", "weather"],
+                                       "c3": ["weather"]}, run={"teacher_forcing": False})
+    [replay] = replay_records([RECORD, right, unfinished], path)  # c2 never sent a wrong current; c3 is cut short
+    assert replay["id"] == "c1" and replay["source"] == "x/train closed loop"
+    plan = conversation_plan(replay)
+    assert [q.current for q in plan.queries] == [None, "follow_up_email", "follow_up_email"]
+    assert [q.gold for q in plan.queries] == ["meeting_recap", "follow_up_email", None]
+    assert [q.event for q in plan.queries] == ["start", "continue", "end"]  # from what the router sent
+    assert [q.current for q in conversation_plan(RECORD).queries] == [None, "meeting_recap", "follow_up_email"]
+
+
+def test_closed_loop_refuses_teacher_forced_or_foreign_predictions(tmp_path):
+    forced = predictions_file(tmp_path, {"c1": ["weather", "weather", None]}, run={"teacher_forcing": True})
+    with pytest.raises(ValueError, match="--closed-loop .*teacher-forcing"):
+        replay_records([RECORD], forced)
+    (tmp_path / "run.json").unlink()
+    foreign = predictions_file(tmp_path, {"elsewhere": ["weather", "weather", None]})
+    with pytest.raises(ValueError, match="--closed-loop .*in no --data file .*'elsewhere'"):
+        replay_records([RECORD], foreign)

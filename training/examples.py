@@ -4,12 +4,13 @@ A pack is one task list (the prompt head) and the examples that share it: the
 labelled turns of one conversation, or single-turn requests (CLINC-style rows)
 regrouped under one row's list. Each example is exactly the serving prompt
 (`build_prompt("adapter", ...)` + `encode_prompt`, with the gold previous task as
-the current task) followed by the answer `answer_text(name)`; the loss sees only
-the answer tokens. The trainer runs a whole pack in one forward pass with tree
-attention (every example sees the head and itself), which is why packs exist: the
-head (~170 tokens on SGD) outweighs the conversation an adapter keeps after it
-(`--history-tokens`, 96 by default), so sharing it makes training cheaper for the
-same gradients (`taskrouter bench train --samples 60` measured 1.87x, see README).
+the current task, or the router's own in a closed-loop replay) followed by the
+answer `answer_text(name)`; the loss sees only the answer tokens. The trainer
+runs a whole pack in one forward pass with tree attention (every example sees the
+head and itself), which is why packs exist: the head (~170 tokens on SGD)
+outweighs the conversation an adapter keeps after it (`--history-tokens`, 96 by
+default), so sharing it makes training cheaper for the same gradients
+(`taskrouter bench train --samples 60` measured 1.87x, see README).
 Augmentation is per pack (task order shuffled, distractors dropped, one task
 removed so its turns become none, names rewritten, opt-in: a name's leading verb
 swapped) so the model learns to read the list instead of memorising names, and, opt-in,
@@ -22,12 +23,15 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from taskrouter.events import event_for
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import NONE, Message, Task
+
+from .closed_loop import CURRENTS, replay_records
 
 IGNORE = -100
 EVENTS = ("start", "continue", "switch", "end", "none")
@@ -118,13 +122,13 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def conversation_plan(record: dict) -> Plan:
-    """Every labelled turn of one conversation, each with its gold previous task."""
-    queries, previous = [], None
-    for label in sorted(record["labels"], key=lambda lab: lab["turn"]):
-        queries.append(Query(tuple(record["messages"][: label["turn"] + 1]), previous, label["task"],
-                             record["source"]))
-        previous = label["task"]
-    return Plan(tuple(record["tasks"]), tuple(queries))
+    """Every labelled turn of one conversation, each with its gold previous task as the current task,
+    or, for a closed-loop replay, the one the router sent."""
+    labels = sorted(record["labels"], key=lambda lab: lab["turn"])
+    currents = record.get(CURRENTS) or [None] + [lab["task"] for lab in labels[:-1]]
+    return Plan(tuple(record["tasks"]), tuple(Query(tuple(record["messages"][: label["turn"] + 1]), current,
+                                                    label["task"], record["source"])
+                                              for label, current in zip(labels, currents)))
 
 
 def is_single_turn(record: dict) -> bool:
@@ -276,13 +280,15 @@ def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: ra
 
 
 def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float], seed: int,
-                 history_tokens: int, aug: Augment = Augment()) -> list[Pack]:
-    """`n` examples from router-bench files, sampled, augmented and tokenised into packs."""
+                 history_tokens: int, aug: Augment = Augment(), closed_loop: Sequence[str] = ()) -> list[Pack]:
+    """`n` examples from router-bench files (and their closed-loop replays, each file a source of its
+    own), sampled, augmented and tokenised into packs."""
     from tqdm import tqdm
 
     records = [r for path in paths for r in read_records(path)]
     if not any(r["labels"] for r in records):
         raise ValueError("--data: the files hold no labelled turns")
+    records += [r for path in closed_loop for r in replay_records(records, path)]
     plans = sample_plans(records, n, balance, random.Random(seed), aug)
     return [encode_pack(tokenizer, plan, history_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
 

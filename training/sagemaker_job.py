@@ -2,8 +2,9 @@
 
 The job runs the very same training code in a Hugging Face PyTorch training
 container: the taskrouter sources are packed into `sourcedir.tar.gz`, the
-`--data` / `--dev` files are uploaded to S3 (channels `train` and `dev`), and
-the training options travel as the `train_args` hyperparameter. The adapter
+`--data` / `--closed-loop` / `--dev` files are uploaded to S3 (channels `train`,
+`closedloop` and `dev`), and the training options travel as the `train_args`
+hyperparameter. The adapter
 and its manifest come back in the job's `model.tar.gz`; checkpoints are synced
 to S3 so a restarted (e.g. spot) job resumes.
 """
@@ -40,7 +41,7 @@ from taskrouter.cli import main
 
 main(["train", *json.loads(os.environ["SM_HP_TRAIN_ARGS"])])
 '''
-TRAINING_MODULES = ("__init__.py", "examples.py", "sagemaker_job.py", "train.py")
+TRAINING_MODULES = ("__init__.py", "closed_loop.py", "examples.py", "sagemaker_job.py", "train.py")
 # options of `taskrouter train` forwarded to the job as they are
 FORWARDED = ("max_examples", "history_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules", "grad_accum",
              "balance", "augment", "seed", "save_every", "time_budget", "dev_turns")
@@ -95,6 +96,8 @@ def train_args(args: argparse.Namespace, name: str) -> list[str]:
     out = ["--base", args.base]
     for path in args.data:
         out += ["--data", f"/opt/ml/input/data/train/{Path(path).name}"]
+    for path in args.closed_loop:
+        out += ["--closed-loop", f"/opt/ml/input/data/closedloop/{Path(path).name}"]
     for path in args.dev:
         out += ["--dev", f"/opt/ml/input/data/dev/{Path(path).name}"]
     if args.init_adapter:
@@ -140,7 +143,8 @@ def launch(args: argparse.Namespace, client=None, s3=None) -> str:
     job = _job_name(name)
     bucket, output = args.sagemaker_bucket, f"{args.sagemaker_prefix.strip('/')}/output"
     prefix = f"{args.sagemaker_prefix.strip('/')}/{job}"  # this job's sources, data and checkpoints
-    inputs = (("train", args.data), ("dev", args.dev), ("init", _adapter_files(args.init_adapter)))
+    inputs = (("train", args.data), ("closedloop", args.closed_loop), ("dev", args.dev),
+              ("init", _adapter_files(args.init_adapter)))
     s3 = s3 or session.client("s3")
     client = client or session.client("sagemaker")
     try:

@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base model: 'embedded' (the embedded gemma-3-270m), a local directory or a hub id")
     parser.add_argument("--data", action="append", required=True, metavar="FILE",
                         help="router-bench JSONL training file (repeatable); never a dev/val/test split")
+    parser.add_argument("--closed-loop", action="append", default=[], metavar="PREDICTIONS",
+                        help="predictions of `taskrouter eval` (closed loop) on --data conversations (repeatable): "
+                             "the ones the router got wrong are also trained with the current tasks it sent, "
+                             "so it learns to recover from its own mistakes (DAgger; training/closed_loop.py)")
     parser.add_argument("--out", required=True, help="output directory, e.g. model_artifacts/adapters/NAME")
     parser.add_argument("--name", help="adapter name in the manifest (default: the --out folder name)")
     parser.add_argument("--max-examples", type=int, default=2000, help="training examples (turns) to sample")
@@ -111,6 +115,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["taskrouter", "train", "--base", args.base]
     for path in args.data:
         parts += ["--data", path]
+    for path in args.closed_loop:
+        parts += ["--closed-loop", path]
     parts += ["--out", args.out]
     if args.init_adapter:
         parts += ["--init-adapter", args.init_adapter]
@@ -195,9 +201,10 @@ def lr_factor(progress: float, warmup: float = 0.05) -> float:
 
 def fingerprint(args: argparse.Namespace) -> str:
     """Identifies the example stream, so a resume never mixes two different runs."""
-    # --augment joins the key only when set, so checkpoints written before it existed still resume
+    # newer options join the key only when set, so checkpoints written before they existed still resume
     key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
-           args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else [])
+           args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else []) \
+        + ([args.closed_loop] if args.closed_loop else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -269,7 +276,7 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
 def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
     """The sampled packs, repeated over the epochs (same sample each epoch)."""
     packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
-                         args.history_tokens, parse_augment(args.augment))
+                         args.history_tokens, parse_augment(args.augment), args.closed_loop)
     return [p for _ in range(args.epochs) for p in packs]
 
 
@@ -340,7 +347,8 @@ def train(args: argparse.Namespace) -> dict:
         "base_model": base_name,
         "prompt_format": "adapter",
         "quantization": quantization,
-        "training_data": {"files": args.data, "examples": summarize(packs[: state["packs"]])},
+        "training_data": {"files": args.data, "closed_loop": args.closed_loop,
+                          "examples": summarize(packs[: state["packs"]])},
         "hyper_parameters": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
                              "target_modules": args.target_modules, "lr": args.lr, "epochs": args.epochs,
                              "grad_accum": args.grad_accum, "batch_size": 1, "history_tokens": args.history_tokens,
@@ -410,9 +418,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         parse_balance(args.balance)
         parse_augment(args.augment)
-        for path in args.data + args.dev:
+        for path in args.data + args.closed_loop + args.dev:
             if not Path(path).is_file():
-                raise ValueError(f"--data/--dev: {path} is not a file")
+                raise ValueError(f"--data/--closed-loop/--dev: {path} is not a file")
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.sagemaker:
