@@ -129,6 +129,8 @@ def test_bad_target_modules_and_balance_are_named(tiny_dir, data, tmp_path):
         train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--augment", "flip=0.5")
     with pytest.raises(SystemExit, match="--augment: rename=2.0 is not a probability"):
         train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--augment", "rename=2")
+    with pytest.raises(SystemExit, match="--closed-loop.*no-such.jsonl is not a file"):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--closed-loop", tmp_path / "no-such.jsonl")
 
 
 def test_falcon7b_manifest_holds_the_gpu_command():
