@@ -16,11 +16,18 @@ from pathlib import Path
 CURRENTS = "closed_loop_currents"  # record key: the current task sent at each label, in label order
 
 
+def gold_currents(labels: list[dict]) -> list[str | None]:
+    """The current task of each label (sorted by turn) under teacher forcing: the gold previous task."""
+    return [None] + [label["task"] for label in labels[:-1]]
+
+
 def replay_records(records: list[dict], predictions: str | Path) -> list[dict]:
     """Copies of the conversations of `records` predicted in `predictions` (a `taskrouter eval`
     predictions file, closed loop) that the router got wrong before their last turn, each with its
     sent current tasks under CURRENTS and the source `<source> closed loop`. The others would only
     repeat the gold-current examples."""
+    # Read here, not with evaluation.runner.read_predictions: that one rewrites the file, and the
+    # evaluation package is not shipped to SageMaker training jobs (nor is its RUN_FILE constant).
     path = Path(predictions)
     run_file = path.parent / "run.json"  # the evaluation's record, when the file is where eval wrote it
     if run_file.exists() and json.loads(run_file.read_text()).get("teacher_forcing"):
@@ -46,6 +53,6 @@ def replay_records(records: list[dict], predictions: str | Path) -> list[dict]:
         if sorted(turns) != [lab["turn"] for lab in labels]:
             continue  # a conversation the evaluation did not finish
         sent = [None] + [turns[lab["turn"]] for lab in labels[:-1]]
-        if sent != [None] + [lab["task"] for lab in labels[:-1]]:
+        if sent != gold_currents(labels):
             replayed.append({**record, "labels": labels, CURRENTS: sent, "source": f"{record['source']} closed loop"})
     return replayed

@@ -31,7 +31,7 @@ from taskrouter.events import event_for
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import NONE, Message, Task
 
-from .closed_loop import CURRENTS, replay_records
+from .closed_loop import CURRENTS, gold_currents, replay_records
 
 IGNORE = -100
 EVENTS = ("start", "continue", "switch", "end", "none")
@@ -125,7 +125,7 @@ def conversation_plan(record: dict) -> Plan:
     """Every labelled turn of one conversation, each with its gold previous task as the current task,
     or, for a closed-loop replay, the one the router sent."""
     labels = sorted(record["labels"], key=lambda lab: lab["turn"])
-    currents = record.get(CURRENTS) or [None] + [lab["task"] for lab in labels[:-1]]
+    currents = record.get(CURRENTS) or gold_currents(labels)
     return Plan(tuple(record["tasks"]), tuple(Query(tuple(record["messages"][: label["turn"] + 1]), current,
                                                     label["task"], record["source"])
                                               for label, current in zip(labels, currents)))

@@ -4,9 +4,8 @@ The job runs the very same training code in a Hugging Face PyTorch training
 container: the taskrouter sources are packed into `sourcedir.tar.gz`, the
 `--data` / `--closed-loop` / `--dev` files are uploaded to S3 (channels `train`,
 `closedloop` and `dev`), and the training options travel as the `train_args`
-hyperparameter. The adapter
-and its manifest come back in the job's `model.tar.gz`; checkpoints are synced
-to S3 so a restarted (e.g. spot) job resumes.
+hyperparameter. The adapter and its manifest come back in the job's
+`model.tar.gz`; checkpoints are synced to S3 so a restarted (e.g. spot) job resumes.
 """
 from __future__ import annotations
 
