@@ -8,6 +8,7 @@ from taskrouter.batching import MicroBatcher
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import RequestError, parse_request
+from taskrouter.treeattention import BLOCK_ATTENTION
 
 
 def _concurrently(fn, items: list) -> list:
@@ -84,6 +85,7 @@ def test_a_batch_answers_exactly_as_one_request_at_a_time(tiny_dir, request_payl
         except RequestError as exc:
             expected.append(exc)
     batched = Router(load_model(str(tiny_dir)), max_batch=8, batch_window_ms=300)
+    assert batched.loaded.model.config._attn_implementation == BLOCK_ATTENTION  # one sdpa call per request
     batched.route(parse_request(payloads[0]))
     before = batched.batcher.batches
     got = _concurrently(lambda p: batched.route(parse_request(p)), payloads)

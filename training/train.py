@@ -37,7 +37,7 @@ from tqdm import tqdm
 from taskrouter.embedded import EMBEDDED_NAME
 from taskrouter.loading import MANIFEST, load_base
 from taskrouter.scorer import softcap
-from taskrouter.treeattention import tree_layout, tree_masks
+from taskrouter.treeattention import tree_inputs
 
 from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, sample_packs, summarize
 from .records import parse_shares
@@ -170,13 +170,11 @@ def pack_loss(model, pack: Pack, device: torch.device) -> torch.Tensor:
     probabilities (a mean per token would weigh the two-token ` none` above long names and teach
     a bias toward none). The LM head runs only at the positions that predict an answer token.
     """
-    allowed, positions = tree_layout([len(pack.head)] + [len(e.ids) for e in pack.examples],
-                                     [-1] + [0] * len(pack.examples))  # every example continues the head
+    inputs = tree_inputs(model, [len(pack.head)] + [len(e.ids) for e in pack.examples],
+                         [-1] + [0] * len(pack.examples), cached=0)  # every example continues the head
     ids = torch.tensor([pack.head + [i for e in pack.examples for i in e.ids]], device=device)
     labels = torch.tensor([IGNORE] * len(pack.head) + [t for e in pack.examples for t in e.labels], device=device)
-    masks = tree_masks(model, allowed, positions, positions, device)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=masks,
-                                 position_ids=positions[None].to(device)).last_hidden_state[0]
+    hidden = model.get_decoder()(input_ids=ids, **inputs).last_hidden_state[0]
     targets = (labels != IGNORE).nonzero()[:, 0]  # an answer token's predictor is the token before it, same branch
     logits = softcap(model, model.get_output_embeddings()(hidden[targets - 1]).float())
     return F.cross_entropy(logits, labels[targets], reduction="sum")

@@ -17,7 +17,7 @@ from .loading import LoadedModel
 from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
 from .scorer import Anchor, NameTrie, score_names, softcap
-from .treeattention import Layout, tree_layout, tree_masks
+from .treeattention import Layout, tree_inputs
 
 FREE_TOKENS = 16
 
@@ -194,14 +194,11 @@ class Router:
         news = [[t for seg in segments[covered:] for t in seg] for segments, (covered, _) in zip(items, hits)]
         layout = Layout([c.get_seq_length() for c in stored] + [len(n) for n in news],
                         [-1] * len(stored) + [prefixes[id(c)] if c is not None else -1 for _, c in hits])
-        allowed, positions = tree_layout(layout.lengths, layout.parents)
-        past_len = sum(layout.lengths[: len(stored)])
         past = join_spans([(c, 0, c.get_seq_length()) for c in stored])
-        device = self.loaded.device
-        masks = tree_masks(self.loaded.model, allowed[past_len:], positions[past_len:], positions, device)
-        ids = torch.tensor([[t for n in news for t in n]], device=device)
-        hidden = self.loaded.model.get_decoder()(input_ids=ids, attention_mask=masks, cache=past, use_cache=True,
-                                                 position_ids=positions[None, past_len:].to(device)).last_hidden_state[0]
+        ids = torch.tensor([[t for n in news for t in n]], device=self.loaded.device)
+        inputs = tree_inputs(self.loaded.model, layout.lengths, layout.parents, cached=len(stored))
+        hidden = self.loaded.model.get_decoder()(input_ids=ids, cache=past, use_cache=True,
+                                                 **inputs).last_hidden_state[0]
         ends_new = list(itertools.accumulate(len(n) for n in news))
         batch = _Batch(past, layout, [len(stored) + i for i in range(len(items))],
                        [hidden[end - 1] for end in ends_new])

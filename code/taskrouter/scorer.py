@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .prompts import answer_text
-from .treeattention import Layout, tree_layout, tree_masks
+from .treeattention import Layout, tree_inputs
 
 
 @dataclass
@@ -103,12 +103,9 @@ def score_names(model, cache, layout: Layout, anchors: list[Anchor]) -> list[tor
         slots.append(slot)
     hidden_of: list[torch.Tensor] = []
     if ids:
-        device = anchors[0].hidden.device
-        past = sum(layout.lengths)
-        allowed, positions = tree_layout(lengths, parents)
-        masks = tree_masks(model, allowed[past:], positions[past:], positions, device)
-        out = model.get_decoder()(input_ids=torch.tensor([ids], device=device), attention_mask=masks,
-                                  position_ids=positions[None, past:].to(device), cache=cache, use_cache=True)
+        inputs = tree_inputs(model, lengths, parents, cached=len(layout.lengths))
+        out = model.get_decoder()(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True,
+                                  **inputs)
         cache.crop(-len(ids))
         hidden_of = list(out.last_hidden_state[0])
     first = len(layout.lengths)

@@ -9,6 +9,13 @@ position continues the ancestors', so every branch computes exactly what it
 would compute alone. The masks are boolean 4D (True = attend), one per layer
 type where the model has several, so sliding-window layers (Gemma 3) also drop
 keys further away than their window.
+
+Block attention is hand-written because dense masked attention wastes most of a
+batch: with 8 requests laid end to end, every new token is scored against all 8
+cached prompts and 7 of them are masked away. Models that take transformers'
+attention interface (Gemma 3) run `block_attention` instead: one sdpa call per
+request, over only the keys that request may see (a batch of 8 next-turn SGD
+requests: 2.83 s dense, 2.00 s in blocks).
 """
 from __future__ import annotations
 
@@ -16,6 +23,11 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+BLOCK_ATTENTION = "taskrouter_blocks"
 
 
 @dataclass(frozen=True)
@@ -67,3 +79,54 @@ def tree_masks(model, allowed: torch.Tensor, q_positions: torch.Tensor, k_positi
     if not layer_types:
         return build(None)
     return {lt: build(config.sliding_window if "sliding" in lt else None) for lt in layer_types}
+
+
+def tree_inputs(model, lengths: list[int], parents: list[int], cached: int) -> dict:
+    """Decoder keyword arguments for the tokens of segments `cached:` on top of a cache holding the
+    segments before: their masks and positions, and their query blocks when the model runs
+    `block_attention`."""
+    allowed, positions = tree_layout(lengths, parents)
+    past = sum(lengths[:cached])
+    device = model.device
+    inputs = {"attention_mask": tree_masks(model, allowed[past:], positions[past:], positions, device),
+              "position_ids": positions[None, past:].to(device)}
+    if model.config._attn_implementation == BLOCK_ATTENTION:
+        inputs["blocks"] = [(rows.to(device), cols.to(device)) for rows, cols in query_blocks(lengths, parents, cached)]
+    return inputs
+
+
+def query_blocks(lengths: list[int], parents: list[int], cached: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(query rows, key columns) per group of new segments that share their nearest cached ancestor:
+    rows count from the first new token, columns from the cache's first token. A query's visible
+    keys always lie within its block's columns."""
+    starts = [0, *itertools.accumulate(lengths)]
+    groups: dict[int, list[int]] = {}
+    for s in range(cached, len(lengths)):
+        owner = s
+        while owner >= cached and parents[owner] >= 0:
+            owner = parents[owner]
+        groups.setdefault(owner, []).append(s)
+    blocks = []
+    for owner, members in groups.items():
+        rows = [t for s in members for t in range(starts[s], starts[s + 1])]
+        prefix = [t for start, n in Layout(lengths, parents).spans(owner) for t in range(start, start + n)] \
+            if owner < cached else []
+        blocks.append((torch.tensor(rows) - starts[cached], torch.tensor(prefix + rows)))
+    return blocks
+
+
+def block_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, blocks=None, **kwargs) -> tuple[torch.Tensor, None]:
+    """sdpa, block by block when the call carries `blocks` (see `query_blocks`), else as usual."""
+    if not blocks or len(blocks) == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
+    for rows, cols in blocks:
+        mask = attention_mask[:, :, rows][..., cols]
+        out[:, rows] = sdpa_attention_forward(module, query[:, :, rows], key[:, :, cols], value[:, :, cols], mask,
+                                              **kwargs)[0]
+    return out, None
+
+
+AttentionInterface.register(BLOCK_ATTENTION, block_attention)
+AttentionMaskInterface.register(BLOCK_ATTENTION, sdpa_mask)
