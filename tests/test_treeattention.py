@@ -1,8 +1,9 @@
 from types import SimpleNamespace
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from taskrouter.treeattention import block_attention, query_blocks, sdpa_attention_forward, tree_layout
+from taskrouter.treeattention import block_attention, query_blocks, tree_layout
 
 
 def test_block_attention_computes_exactly_the_dense_masked_attention():
