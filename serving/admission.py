@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from taskrouter.batching import DEFAULT_BATCH
 from taskrouter.schema import RequestError
 
 
@@ -64,7 +65,7 @@ class Admission:
         return cls(max_queue=int(os.environ.get("TASKROUTER_MAX_QUEUE", "32")),
                    deadline_ms=float(os.environ.get("TASKROUTER_DEADLINE_MS", "10000")),
                    concurrency=int(os.environ.get("TASKROUTER_CONCURRENCY",
-                                                  os.environ.get("TASKROUTER_BATCH_MAX", "8"))))
+                                                  os.environ.get("TASKROUTER_BATCH_MAX", DEFAULT_BATCH))))
 
     @property
     def queued(self) -> int:

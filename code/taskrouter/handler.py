@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .batching import DEFAULT_BATCH
 from .embedded import EMBEDDED_NAME
 from .loading import DEFAULT_ADAPTERS_DIR, find_adapters, load_model, read_manifest
 from .router import Router
@@ -60,7 +61,7 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         cache_bytes=int(os.environ.get("TASKROUTER_CACHE_MB", "512")) * 2**20,
         max_prompt_tokens=int(os.environ.get("TASKROUTER_MAX_PROMPT_TOKENS", "1024")),
         default_adapter=os.environ.get("TASKROUTER_DEFAULT_ADAPTER"),
-        max_batch=int(os.environ.get("TASKROUTER_BATCH_MAX", "8")),
+        max_batch=int(os.environ.get("TASKROUTER_BATCH_MAX", DEFAULT_BATCH)),
         batch_window_ms=float(os.environ.get("TASKROUTER_BATCH_WINDOW_MS", "2")),
     )
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from .batching import MicroBatcher
+from .batching import DEFAULT_BATCH, MicroBatcher
 from .events import event_for
 from .kvcache import PrefixCache, join_spans, prefix_keys
 from .loading import LoadedModel
@@ -55,7 +55,7 @@ class Router:
     (up to `max_batch`, waiting `batch_window_ms` for company) in one forward pass."""
 
     def __init__(self, loaded: LoadedModel, cache_bytes: int = 512 * 2**20, max_prompt_tokens: int = 1024,
-                 default_adapter: str | None = None, max_batch: int = 8, batch_window_ms: float = 2.0):
+                 default_adapter: str | None = None, max_batch: int = DEFAULT_BATCH, batch_window_ms: float = 2.0):
         self.loaded = loaded
         self.cache = PrefixCache(cache_bytes)
         self.max_prompt_tokens = max_prompt_tokens
