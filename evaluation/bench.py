@@ -6,7 +6,8 @@ The request is the issue's shape: ~400 tokens of prompt with 8 tasks. Each sampl
 uses its own conversation (a distinct company name), so nothing is shared by
 accident between samples; "cold" empties the prefix cache before every request.
 The micro-batching figure routes 8 next-turn requests one at a time, then 8 others
-arriving together from 8 threads.
+arriving together from 8 threads, then (on models that run block attention) 8 more
+arriving together with dense masked attention instead.
 """
 from __future__ import annotations
 
@@ -86,13 +87,27 @@ def _batching(router, request, turns: int) -> dict:
     for req in alone:
         router.route(req)
     one_at_a_time = time.perf_counter() - start
-    together = next_turns(5000)
-    with ThreadPoolExecutor(BATCH) as pool:
-        start = time.perf_counter()
-        list(pool.map(router.route, together))
-        at_once = time.perf_counter() - start
-    return {"batch_one_at_a_time_s": one_at_a_time, "batch_together_s": at_once,
-            "batch_speedup": one_at_a_time / at_once}
+
+    def all_at_once(requests: list) -> float:
+        with ThreadPoolExecutor(BATCH) as pool:
+            start = time.perf_counter()
+            list(pool.map(router.route, requests))
+            return time.perf_counter() - start
+
+    from taskrouter.treeattention import BLOCK_ATTENTION
+
+    figures = {"batch_one_at_a_time_s": one_at_a_time}
+    figures["batch_together_s"] = at_once = all_at_once(next_turns(5000))
+    figures["batch_speedup"] = one_at_a_time / at_once
+    config = router.loaded.model.config
+    if config._attn_implementation == BLOCK_ATTENTION:  # the same batch shape with dense masked attention
+        config._attn_implementation = "sdpa"
+        try:
+            figures["batch_together_dense_s"] = all_at_once(next_turns(6000))
+        finally:
+            config._attn_implementation = BLOCK_ATTENTION
+        figures["block_over_dense"] = figures["batch_together_dense_s"] / at_once
+    return figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,4 +226,7 @@ def _latency(args: argparse.Namespace) -> None:
     print(f"  {BATCH} next turns of {BATCH} conversations: one at a time {figures['batch_one_at_a_time_s'] * 1000:.0f} ms, "
           f"arriving together {figures['batch_together_s'] * 1000:.0f} ms "
           f"({figures['batch_speedup']:.2f}x, micro-batches of up to {router.batcher.max_batch})")
+    if "block_over_dense" in figures:
+        print(f"  the same, arriving together with dense masked attention {figures['batch_together_dense_s'] * 1000:.0f} ms "
+              f"(block attention {figures['block_over_dense']:.2f}x faster)")
     _write_json(args.json, figures)

@@ -14,8 +14,10 @@ Block attention is hand-written because dense masked attention wastes most of a
 batch: with 8 requests laid end to end, every new token is scored against all 8
 cached prompts and 7 of them are masked away. Models that take transformers'
 attention interface (Gemma 3) run `block_attention` instead: one sdpa call per
-request, over only the keys that request may see (a batch of 8 next-turn SGD
-requests: 2.83 s dense, 2.00 s in blocks).
+request, over only the keys that request may see. It pays when requests bring many
+new tokens (8 next-turn SGD requests whose history window moved: 2.83 s dense, 2.00 s
+in blocks); with few new tokens on cached conversations it breaks even
+(`taskrouter bench latency`: 0.97x).
 """
 from __future__ import annotations
 
@@ -106,11 +108,10 @@ def query_blocks(lengths: list[int], parents: list[int], cached: int) -> list[tu
         while owner >= cached and parents[owner] >= 0:
             owner = parents[owner]
         groups.setdefault(owner, []).append(s)
-    blocks = []
+    layout, blocks = Layout(lengths, parents), []
     for owner, members in groups.items():
         rows = [t for s in members for t in range(starts[s], starts[s + 1])]
-        prefix = [t for start, n in Layout(lengths, parents).spans(owner) for t in range(start, start + n)] \
-            if owner < cached else []
+        prefix = [t for start, n in layout.spans(owner) for t in range(start, start + n)] if owner < cached else []
         blocks.append((torch.tensor(rows) - starts[cached], torch.tensor(prefix + rows)))
     return blocks
 
