@@ -103,11 +103,15 @@ def test_the_shipped_adapter_bias_was_tuned_on_data_it_never_trained_on():
 
     manifest = read_manifest(DEFAULT_ADAPTERS_DIR / "gemma3-270m-router")
     tuned_on = {d["file"] for d in manifest["none_bias"]["data"]}
-    trained_on, step = set(manifest["training_data"]["files"]), manifest
-    while step:  # the warm-start chain: every run's --data files
-        words = shlex.split(step["train_command"])
-        trained_on |= {words[i + 1] for i, w in enumerate(words) if w == "--data"}
-        step = step["init_adapter"]
-    assert len(trained_on) >= 3 and tuned_on and not tuned_on & trained_on
+
+    def trained_on(step: dict | None) -> set[str]:
+        """Every --data file of the runs behind an adapter: its warm-start chain and the adapters it averages."""
+        if not step:
+            return set()
+        words = shlex.split(step.get("train_command") or "")
+        files = {words[i + 1] for i, w in enumerate(words) if w == "--data"}
+        return files.union(trained_on(step.get("init_adapter")), *map(trained_on, step.get("average_of") or []))
+
+    assert len(trained_on(manifest)) >= 3 and tuned_on and not tuned_on & trained_on(manifest)
     assert not {Path(n).stem for n in tuned_on} & {"dev", "val", "test"}
     assert -8 <= manifest["none_bias"]["value"] <= 8

@@ -10,10 +10,10 @@ LoRA trains on a float32 base. Checkpoints are written as training goes and
 `router.json` manifest the server reads (base model, prompt format, data,
 hyper-parameters, dev accuracy, and the command that produced it).
 
-The default adapter of the embedded model: `taskrouter train --base embedded
---data ../shared/data/sgd/train.jsonl --data ../shared/data/clinc150/train.jsonl
---out model_artifacts/adapters/gemma3-270m-router --time-budget 40` (its exact
-command is in that folder's router.json).
+The default adapter of the embedded model is the mean (`taskrouter average`) of
+runs like `taskrouter train --base embedded --data ../shared/data/sgd/train.jsonl
+--data ../shared/data/clinc150/train.jsonl --out model_artifacts/adapters/my-router
+--time-budget 40`; every run's exact command is in that folder's router.json.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ COMMANDS = [
     ("eval", "taskrouter.evaluation.cli", "evaluate configs on router-bench files: metrics, report, plots"),
     ("data", "taskrouter.training.data_cli", "generate synthetic conversations, review and export them"),
     ("train", "taskrouter.training.train", "train a LoRA / QLoRA adapter on router-bench data"),
+    ("average", "taskrouter.training.average", "average LoRA adapters into one (a model soup of warm starts)"),
     ("package", "taskrouter.packaging.cli", "build, verify and deploy the SageMaker model.tar.gz"),
     ("loadtest", "taskrouter.serving.loadtest", "run Locust headless against a running server"),
 ]
