@@ -94,9 +94,10 @@ def average(folders: list[Path], out: Path, name: str | None = None, history_tok
     rank = sum(a.config["r"] for a in adapters)
     alpha = sum(a.config["lora_alpha"] for a in adapters)  # alpha / rank stays every adapter's scaling
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in mean.items()}, str(out / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps({**first.config, "r": rank, "lora_alpha": alpha}, indent=2) + "\n")
+    weights = out / "adapter_model.safetensors.partial"  # replaced whole, so an --adapter folder is never half-written
+    save_file({k: v.contiguous() for k, v in mean.items()}, str(weights), metadata={"format": "pt"})
+    weights.replace(out / "adapter_model.safetensors")
+    _write_json(out / CONFIG, {**first.config, "r": rank, "lora_alpha": alpha})
     history = history_tokens or first.manifest.get("hyper_parameters", {}).get("history_tokens")
     manifest = {
         "name": name or out.name,
@@ -108,15 +109,21 @@ def average(folders: list[Path], out: Path, name: str | None = None, history_tok
         "average_command": shlex.join(["taskrouter", "average", *[w for f in folders for w in ("--adapter", str(f))],
                                        "--out", str(out), *(["--history-tokens", str(history)] if history else [])]),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
 def run(args: argparse.Namespace) -> None:
     """`taskrouter average`: write the averaged adapter, then say how to tune its none bias."""
     try:
         manifest = average([Path(a) for a in args.adapter], Path(args.out), args.name, args.history_tokens)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         sys.exit(f"error: {exc}")
     print(f"{args.out}: mean of {len(args.adapter)} adapters, LoRA rank {manifest['hyper_parameters']['rank']}; "
           "its none bias is not set yet: tune it on held-out turns with `taskrouter eval --tune`")
