@@ -91,4 +91,8 @@ def test_bad_adapters_are_named(tiny_dir, ingredients, tmp_path):
         average(ingredients[0], other_base)
     with pytest.raises(SystemExit, match=r"--adapter .*nowhere: not a directory"):
         average(ingredients[0], tmp_path / "nowhere")
+    unlabelled = make_adapter(tiny_dir, tmp_path / "unlabelled", seed=7)
+    (unlabelled / "router.json").unlink()
+    with pytest.raises(SystemExit, match=r"--adapter: adapter .*unlabelled has no router.json"):
+        average(ingredients[0], unlabelled)
     assert not (tmp_path / "out").exists()  # nothing written on bad input

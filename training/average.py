@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from taskrouter.loading import MANIFEST
+from taskrouter.loading import MANIFEST, read_manifest
 
 from .train import adapter_weights_file
 
@@ -52,14 +52,17 @@ class Adapter:
 
 def read_adapter(folder: Path) -> Adapter:
     """An adapter folder as `taskrouter train` writes it; an error naming it when a file is missing."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    file = adapter_weights_file(folder, "--adapter")
-    for name in (CONFIG, MANIFEST):
-        if not (folder / name).exists():
-            raise ValueError(f"--adapter {folder}: no {name} there")
-    config, manifest = (json.loads((folder / name).read_text()) for name in (CONFIG, MANIFEST))
-    return Adapter(folder, config, manifest, load_file(str(file)), hashlib.sha256(file.read_bytes()).hexdigest())
+    data = adapter_weights_file(folder, "--adapter").read_bytes()  # read once: weights and their digest
+    if not (folder / CONFIG).exists():
+        raise ValueError(f"--adapter {folder}: no {CONFIG} there")
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError as exc:
+        raise ValueError(f"--adapter: {exc}") from None
+    return Adapter(folder, json.loads((folder / CONFIG).read_text()), manifest, load(data),
+                   hashlib.sha256(data).hexdigest())
 
 
 def check_compatible(first: Adapter, other: Adapter) -> None:
