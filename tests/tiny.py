@@ -33,7 +33,11 @@ def build_tokenizer(out: Path):
 
 
 def build_model(out: Path, arch: str = "gemma3", seed: int = 0) -> Path:
-    """Save a tiny `arch` model (gemma3 with a sliding window of 8 tokens, or falcon) plus tokenizer to `out`."""
+    """Save a tiny `arch` model (gemma3 with a sliding window of 8 tokens, or falcon) plus tokenizer to `out`.
+
+    Every linear layer is at least 64 wide: bitsandbytes' CPU 4-bit kernels on AVX-512/AMX CPUs repack
+    weights in blocks of 64 input columns and fail on narrower rows.
+    """
     from transformers import AutoModelForCausalLM, FalconConfig, Gemma3TextConfig
 
     out.mkdir(parents=True, exist_ok=True)
@@ -41,11 +45,11 @@ def build_model(out: Path, arch: str = "gemma3", seed: int = 0) -> Path:
     common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id)
     if arch == "gemma3":
-        config = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=2048,
+        config = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, head_dim=32, sliding_window=8, max_position_embeddings=2048,
                                   layer_types=["sliding_attention", "full_attention"], **common)
     else:
-        config = FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
+        config = FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
                               multi_query=True, parallel_attn=True, bias=False, alibi=False, **common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
