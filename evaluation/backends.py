@@ -88,17 +88,30 @@ def adapters_root(config: EvalConfig) -> Path:
     return DEFAULT_ADAPTERS_DIR
 
 
+def adapter_folder(config: EvalConfig) -> Path | None:
+    """The local folder of a config's adapter, or None for a base-model or embedding config."""
+    if config.kind != "llm" or not config.adapter or config.adapter == "none":
+        return None
+    return adapters_root(config) / config.adapter
+
+
+def adapter_manifest(config: EvalConfig) -> dict | None:
+    """The router.json of a config's adapter when it is on this machine."""
+    from taskrouter.loading import MANIFEST, read_manifest
+
+    folder = adapter_folder(config)
+    return read_manifest(folder) if folder is not None and (folder / MANIFEST).exists() else None
+
+
 def adapter_state(config: EvalConfig) -> dict:
     """What of a config's adapter decides its predictions: a short sha256 of its weights (retraining
     changes them) and its tuned none bias, if any."""
-    from taskrouter.loading import MANIFEST, read_manifest
-
-    if config.kind != "llm" or not config.adapter or config.adapter == "none":
+    folder = adapter_folder(config)
+    if folder is None:
         return {}
-    folder = adapters_root(config) / config.adapter
     weights = folder / "adapter_model.safetensors"
     state = {"adapter_weights": hashlib.sha256(weights.read_bytes()).hexdigest()[:16]} if weights.exists() else {}
-    bias = read_manifest(folder).get("none_bias") if (folder / MANIFEST).exists() else None
+    bias = (adapter_manifest(config) or {}).get("none_bias")
     return {**state, **({"none_bias": bias["value"]} if bias else {})}
 
 

@@ -1,14 +1,17 @@
 """Read, check and sample router-bench files (BENCH_FORMAT.md).
 
 A benchmark is named after its file (`sales`, or `sgd-dev` for a generic split
-name such as dev.jsonl); `--limit N` keeps the first N conversations of a
-seeded shuffle, so a larger limit with the same seed extends a smaller one and
-a resumed run samples exactly the same conversations.
+name such as dev.jsonl, `sgd_x-dev_v4` for dev_v4.jsonl.gz); files may be gzipped.
+`--limit N` keeps the N conversations whose ids come first in a seeded hash order,
+so a larger limit with the same seed extends a smaller one, a resumed run samples
+exactly the same conversations, and two files of the same dialogues (SGD dev and its
+SGD-X rewordings share ids) sample the same ones.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +32,17 @@ class Bench:
     seed: int
 
 
+def open_text(path: Path | str):
+    """A JSONL file opened for reading text, gunzipped when its name ends in .gz."""
+    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
+
+
 def bench_name(path: Path) -> str:
-    """`sales` for sales.jsonl; `sgd-dev` for sgd/dev.jsonl, whose stem alone says little."""
-    stem = path.name.removesuffix(".jsonl")
-    return f"{path.parent.name}-{stem}" if stem in SPLIT_NAMES and path.parent.name else stem
+    """`sales` for sales.jsonl; `sgd-dev` for sgd/dev.jsonl and `sgd_x-dev_v4` for sgd_x/dev_v4.jsonl.gz,
+    whose stems alone say little."""
+    stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
+    generic = stem in SPLIT_NAMES or stem.split("_")[0] in SPLIT_NAMES
+    return f"{path.parent.name}-{stem}" if generic and path.parent.name else stem
 
 
 def check_conversation(conv: dict) -> None:
@@ -64,7 +74,7 @@ def check_conversation(conv: dict) -> None:
 def read_conversations(path: Path) -> list[dict]:
     """All conversations of a JSONL file, each checked; errors name the file and line."""
     conversations = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -78,12 +88,15 @@ def read_conversations(path: Path) -> list[dict]:
 
 
 def sample(conversations: list[dict], limit: int | None, seed: int) -> list[dict]:
-    """The first `limit` conversations of a seeded shuffle, in file order (all when no limit)."""
+    """The `limit` conversations whose ids rank first in a seeded hash order, in file order (all when no limit)."""
     if not limit or limit >= len(conversations):
         return list(conversations)
-    order = list(range(len(conversations)))
-    random.Random(seed).shuffle(order)
-    return [conversations[i] for i in sorted(order[:limit])]
+
+    def rank(conv: dict) -> bytes:
+        return hashlib.blake2b(f"{seed}:{conv['id']}".encode(), digest_size=8).digest()
+
+    chosen = {id(c) for c in sorted(conversations, key=rank)[:limit]}
+    return [c for c in conversations if id(c) in chosen]
 
 
 def load_bench(spec: str, limit: int | None = None, seed: int = 0) -> Bench:

@@ -128,10 +128,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .backends import RouterPool, describe_remote, remote_router
+    from .backends import RouterPool, adapter_manifest, describe_remote, remote_router
     from .configs import read_configs, resolve_configs
     from .report import write_report
     from .runner import run_all
+    from .seen import seen_names, training_files_of
 
     if not args.out:
         raise ValueError("--out DIR is required")
@@ -152,5 +153,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote,
                      parallel=args.parallel)
     mode = ("teacher forcing" if args.teacher_forcing else "closed loop") + (f", {remote}" if remote else ", in-process")
-    write_report(out, benches, configs, result["predictions"], command_line(args), mode)
+    manifests = [m for m in map(adapter_manifest, configs) if m is not None]
+    seen, missing = seen_names(manifests) if manifests else (None, [])
+    write_report(out, benches, configs, result["predictions"], command_line(args), mode, seen,
+                 training_files_of(manifests), missing)
     print(f"{result['computed_turns']} turns routed; report: {out / 'report.md'}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .benchfile import Bench
 from .configs import EvalConfig
-from .metrics import compute_metrics, task_confusion
+from .metrics import compute_metrics, paired_metrics, task_confusion
 from .plots import plot_invalid, plot_latency, plot_points, plot_tasks
 
 
@@ -18,17 +18,25 @@ def _prf(m: dict) -> str:
     return f"{_num(m['precision'], 2)} / {_num(m['recall'], 2)} / {_num(m['f1'], 2)}"
 
 
+def _acc(m: dict) -> str:
+    return f"{_num(m['task_accuracy'])} ({m['turns']})"
+
+
 def bench_tables(bench: Bench, results: dict[str, dict]) -> str:
     """The markdown tables of one benchmark: configs as rows."""
+    names = any("names" in m for m in results.values())
     lines = [f"## {bench.name}", "",
              f"`{bench.path}`: {len(bench.conversations)} of {bench.total} conversations"
              + (f" (sample seed {bench.seed})" if len(bench.conversations) < bench.total else ""), "",
-             "| config | turns | task acc | acc after a miss | none P | none R | invalid | p50 ms | p95 ms | mean ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| config | turns | task acc | acc after a miss |" + (" acc, trained name | acc, unseen name |" if names
+                                                                 else "")
+             + " none P | none R | invalid | p50 ms | p95 ms | mean ms |",
+             "|---|---:|---:|---:|" + ("---:|---:|" if names else "") + "---:|---:|---:|---:|---:|---:|"]
     for name, m in results.items():
         lat = m["latency"]
-        lines.append(f"| {name} | {m['turns']} | {_num(m['task_accuracy'])} | {_num(m['after_miss']['task_accuracy'])} "
-                     f"({m['after_miss']['turns']}) | {_num(m['none']['precision'])} | "
+        split = f" {_acc(m['names']['seen'])} | {_acc(m['names']['unseen'])} |" if names else ""
+        lines.append(f"| {name} | {m['turns']} | {_num(m['task_accuracy'])} | {_acc(m['after_miss'])} |{split} "
+                     f"{_num(m['none']['precision'])} | "
                      f"{_num(m['none']['recall'])} | {m['invalid']} | {_num(lat['p50_ms'], 0)} | "
                      f"{_num(lat['p95_ms'], 0)} | {_num(lat['mean_ms'], 0)} |")
     lines += ["", "Start / end / switch points, precision / recall / F1 (gold count in brackets):", "",
@@ -58,15 +66,51 @@ def leaders(results: dict[str, dict]) -> list[tuple[str, str]]:
     return out
 
 
+def pairs_of(benches: list[Bench]) -> list[tuple[Bench, Bench]]:
+    """(reference, other) for every benchmark that shares conversation ids with an earlier one: the same
+    dialogues reworded or reordered; the reference is the earliest such benchmark."""
+    out = []
+    for i, other in enumerate(benches):
+        ids = {c["id"] for c in other.conversations}
+        ref = next((b for b in benches[:i] if ids & {c["id"] for c in b.conversations}), None)
+        if ref is not None:
+            out.append((ref, other))
+    return out
+
+
+def paired_table(benches: list[Bench], configs: list[EvalConfig], predictions: dict) -> tuple[str, dict]:
+    """The same-dialogues section: each config's accuracy on a reference benchmark and on its rewording
+    over their common turns, the gap, and the share of answers that changed."""
+    record: dict = {}
+    lines = ["## Same dialogues, another task list", "",
+             "Benchmarks sharing conversation ids (SGD dev and its SGD-X rewordings, or a shuffled list), over "
+             "their common turns: the gap is the reference's accuracy minus the other's; changed = turns whose "
+             "answer differs (names mapped by position, or by name for a shuffle).", "",
+             "| reference | other | config | turns | acc reference | acc other | gap | changed |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for ref, other in pairs_of(benches):
+        for config in configs:
+            m = paired_metrics(ref.conversations, predictions[(config.name, ref.name)], other.conversations,
+                               predictions[(config.name, other.name)])
+            if m is None:
+                continue
+            record.setdefault(f"{ref.name} vs {other.name}", {})[config.name] = m
+            lines.append(f"| {ref.name} | {other.name} | {config.name} | {m['turns']} | {_num(m['task_accuracy_a'])} "
+                         f"| {_num(m['task_accuracy_b'])} | {m['gap']:+.3f} | {_num(m['changed'])} |")
+    return ("\n".join(lines) + "\n" if record else ""), record
+
+
 def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], predictions: dict,
-                 command: str, mode: str) -> dict:
-    """Compute the metrics of every (config, bench), write metrics.json, report.md and the PNGs; return the metrics."""
+                 command: str, mode: str, seen: frozenset[str] | None = None, seen_from: list[str] = (),
+                 unseen_files: list[str] = ()) -> dict:
+    """Compute the metrics of every (config, bench), write metrics.json, report.md and the PNGs; return the metrics.
+    `seen` (task names in `seen_from`, the adapters' training files) splits accuracy by name familiarity."""
     results: dict[str, dict[str, dict]] = {}
     for bench in benches:
         results[bench.name] = {}
         for config in configs:
             preds = predictions[(config.name, bench.name)]
-            metrics = results[bench.name][config.name] = compute_metrics(bench.conversations, preds)
+            metrics = results[bench.name][config.name] = compute_metrics(bench.conversations, preds, seen)
             title = f"{config.name} on {bench.name}"
             plot_points(metrics, title, out / f"points-{config.name}-{bench.name}.png")
             plot_tasks(task_confusion(bench.conversations, preds), title, out / f"tasks-{config.name}-{bench.name}.png")
@@ -78,13 +122,23 @@ def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], pre
               "benches": {b.name: {"file": str(b.path), "conversations": len(b.conversations), "total": b.total,
                                    "limit": b.limit, "sample_seed": b.seed} for b in benches},
               "results": results}
+    paired_md, record["same_dialogues"] = paired_table(benches, configs, predictions)
+    if seen is not None:
+        record["trained_names"] = {"files": list(seen_from), "names": len(seen), "missing_files": list(unseen_files)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items() if v is not None)
                     for c in configs]
     parts = ["# Router evaluation", "", f"Command: `{command}`", "", f"Mode: {mode}. Latency is wall-clock per "
              "routing request as seen by the evaluation (network included for an endpoint).", "",
              "Configs:", *config_lines, ""]
+    if seen is not None:
+        parts += [f"Trained names: the {len(seen)} task names in the task lists of the adapters' training files "
+                  f"({', '.join(f'`{f}`' for f in seen_from)}); \"unseen name\" turns have a gold task named in none "
+                  "of them (gold none turns are in neither column)."
+                  + (f" Not found, so not counted: {', '.join(unseen_files)}." if unseen_files else ""), ""]
     parts += [bench_tables(b, results[b.name]) for b in benches]
+    if paired_md:
+        parts.append(paired_md)
     parts += ["Plots: `points-<config>-<bench>.png` (start/end/switch confusion matrices), "
               "`tasks-<config>-<bench>.png` (task selection), `latency.png`, `invalid.png`.", ""]
     (out / "report.md").write_text("\n".join(parts))

@@ -24,7 +24,7 @@ from .backends import RouterLike, RouterPool, adapter_state
 from .benchfile import Bench
 from .configs import EvalConfig
 
-PREDICTION_KEYS = ("id", "turn", "task", "event", "latency_ms", "valid")
+PREDICTION_KEYS = ("id", "turn", "task", "event", "latency_ms", "valid", "gold", "confidence", "candidates")
 RUN_FILE = "run.json"
 
 
@@ -72,7 +72,9 @@ def route_conversation(router: RouterLike, conv: dict, config: EvalConfig, teach
         valid = answer.valid and (task is None or task in names)  # a remote answer outside the list is invalid
         task = task if valid else None
         out.append({"id": conv["id"], "turn": label["turn"], "task": task, "event": event_for(current, task),
-                    "latency_ms": round(latency_ms, 2), "valid": valid})
+                    "latency_ms": round(latency_ms, 2), "valid": valid, "gold": label["task"],
+                    "confidence": round(answer.confidence, 4),
+                    "candidates": [[c.task, round(c.p, 4)] for c in answer.candidates]})
         predicted, gold = task, label["task"]
     return out
 

@@ -12,11 +12,9 @@ from taskrouter.evaluation.backends import HttpRouter, RouterPool, SageMakerRout
 from taskrouter.evaluation.benchfile import load_bench
 from taskrouter.evaluation.cli import add_arguments, command_line
 from taskrouter.evaluation.configs import EvalConfig, parse_inline, read_configs, resolve_configs
-from taskrouter.evaluation.runner import read_predictions, route_conversation, run_all
+from taskrouter.evaluation.runner import PREDICTION_KEYS, read_predictions, route_conversation, run_all
 from taskrouter.schema import Candidate, RouteAnswer
 from records import conversation
-
-PREDICTION_KEYS = ["id", "turn", "task", "event", "latency_ms", "valid"]
 
 
 CONVERSATIONS = [
@@ -43,7 +41,12 @@ def test_eval_end_to_end_then_resume(tiny_dir, bench_file, tmp_path, capsys, mon
     for name in ("tiny", "tiny-free"):
         lines = [json.loads(x) for x in (out / f"predictions-{name}-mini.jsonl").read_text().splitlines()]
         assert [(p["id"], p["turn"]) for p in lines] == [("c1", 0), ("c1", 2), ("c2", 0), ("c2", 2), ("c3", 0)]
-        assert all(list(p) == PREDICTION_KEYS for p in lines)
+        assert all(tuple(p) == PREDICTION_KEYS for p in lines)
+        gold = {(c["id"], lab["turn"]): lab["task"] for c in CONVERSATIONS for lab in c["labels"]}
+        assert all(p["gold"] == gold[(p["id"], p["turn"])] for p in lines)
+        if name == "tiny":  # constrained: the answer is the most probable candidate, with its probability
+            assert all(p["candidates"][0][0] == (p["task"] or "none") for p in lines)
+            assert all(abs(p["candidates"][0][1] - p["confidence"]) <= 1e-4 for p in lines)
         assert all(p["task"] in {None, "meeting_recap", "follow_up_email", "prepare_a_quote"} for p in lines)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["results"]["mini"]["tiny"]["turns"] == 5 and metrics["results"]["mini"]["tiny"]["invalid"] == 0
@@ -204,3 +207,28 @@ def test_a_retrained_adapter_is_not_mixed_with_predictions_of_the_old_one(tmp_pa
     weights.write_bytes(b"second training")
     with pytest.raises(ValueError, match="config 'mine' changed"):
         run_all([], [config], tmp_path / "run", pool=None, progress=False)
+
+
+def test_the_report_splits_accuracy_by_trained_names_and_pairs_same_dialogues(tiny_dir, bench_file, tmp_path):
+    from tiny import build_adapter
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps(conversation("t", [("recap", "meeting_recap")],
+                                             [{"name": "meeting_recap", "description": "Recap"}])) + "\n")
+    adapter = build_adapter(tiny_dir, tmp_path / "adapters" / "mine")
+    manifest = json.loads((adapter / "router.json").read_text())
+    manifest["train_command"] = f"taskrouter train --data {train} --out x"
+    (adapter / "router.json").write_text(json.dumps(manifest))
+    shuffled = tmp_path / "shuffled.jsonl"  # the same dialogues, the task list in another order
+    shuffled.write_text("".join(json.dumps({**c, "tasks": c["tasks"][::-1]}) + "\n" for c in CONVERSATIONS))
+    out = tmp_path / "run"
+    main(["eval", "--bench", str(bench_file), "--bench", str(shuffled), "--out", str(out), "--config",
+          f"a:model={tiny_dir},adapter=mine,adapters_dir={tmp_path / 'adapters'},strategy=adapter"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = metrics["results"]["mini"]["a"]["names"]
+    assert names["seen"]["turns"] == 1 and names["unseen"]["turns"] == 2  # meeting_recap vs the two others
+    assert metrics["trained_names"] == {"files": [str(train)], "names": 1, "missing_files": []}
+    pair = metrics["same_dialogues"]["mini vs shuffled"]["a"]
+    assert pair["turns"] == 5 and 0.0 <= pair["changed"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "acc, unseen name" in report and "| mini | shuffled | a | 5 |" in report

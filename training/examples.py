@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from taskrouter.evaluation.benchfile import open_text
 from taskrouter.events import event_for
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import NONE, Message, Task
@@ -106,10 +107,10 @@ VERBS = ("get", "find", "search", "check", "book", "reserve", "make", "add", "se
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The conversations of a router-bench JSONL file, each tagged with its source (`dir/stem`)."""
-    source = Path(path).parent.name + "/" + Path(path).stem
+    """The conversations of a router-bench JSONL file (gzipped or not), each tagged with its source (`dir/stem`)."""
+    source = Path(path).parent.name + "/" + Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
