@@ -1,6 +1,7 @@
 """Training packs: the serving prompt + answer, labels on the answer only, one forward per pack, augmentation,
 balance, closed-loop replays."""
 import json
+import re
 import random
 from collections import Counter
 from dataclasses import fields
@@ -226,3 +227,37 @@ def test_closed_loop_refuses_teacher_forced_or_foreign_predictions(tmp_path):
     foreign = predictions_file(tmp_path, {"elsewhere": ["weather", "weather", None]})
     with pytest.raises(ValueError, match="--closed-loop .*in no --data file .*'elsewhere'"):
         replay_records([RECORD], foreign)
+
+
+def test_mixed_name_styles_follow_gold_and_current_and_opaque_names_keep_their_description():
+    plan = conversation_plan(RECORD)
+    descriptions = {t["name"]: t["description"] for t in TASKS}
+    opaque_form = re.compile(r"^(t\d+|T-\d+|task_\d+|op\d+|wf-\d+|[A-Z]{1,2}_?\d+)$")
+    restyled = opaque = dropped = 0
+    for seed in range(60):
+        out = augment(plan, random.Random(seed), only(mix_names=1, drop_descriptions=0.5))
+        names = [t["name"] for t in out.tasks]
+        assert len(set(names)) == len(names) and "none" not in {n.lower() for n in names}
+        by_name = {t["name"]: t["description"] for t in out.tasks}
+        for old, new in zip(plan.queries, out.queries):
+            assert (new.gold is None) == (old.gold is None) and new.event == old.event
+            if old.gold is None:
+                continue
+            if opaque_form.match(new.gold):  # an opaque code: only its description says what it is
+                opaque += 1
+                assert by_name[new.gold] == descriptions[old.gold]
+            else:
+                assert by_name[new.gold] in (descriptions[old.gold], "")
+                dropped += by_name[new.gold] == ""
+            restyled += new.gold != old.gold
+    assert restyled > 30 and opaque > 3 and dropped > 3
+
+
+def test_rewordings_of_one_corpus_are_one_source_when_sampling():
+    base = [{**RECORD, "id": f"a{i}", "source": "a/train"} for i in range(20)]
+    v1 = [{**RECORD, "id": f"b{i}", "source": "sgd_x/train_v1"} for i in range(20)]
+    v2 = [{**RECORD, "id": f"c{i}", "source": "sgd_x/train_v2"} for i in range(20)]
+    plans = sample_plans(base + v1 + v2, 600, {"start": 1, "switch": 1, "end": 1}, random.Random(0), aug=None)
+    sources = Counter(q.source for p in plans for q in p.queries)
+    share = sources["a/train"] / sum(sources.values())
+    assert 0.4 < share < 0.6 and sources["sgd_x/train_v1"] and sources["sgd_x/train_v2"]

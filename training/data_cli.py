@@ -4,6 +4,8 @@ the browser (review), and the checked ones are written out as router-bench JSONL
   taskrouter data generate --tasks tasks.json --n 200 --teacher https://host/v1 --model NAME --out synth.jsonl
   taskrouter data review synth.jsonl --db review.sqlite --port 8090
   taskrouter data export --db review.sqlite --out validated.jsonl
+  taskrouter data check drafts/*.jsonl --out checked.jsonl       (conversations written by hand or by agents)
+  taskrouter data reword dev.jsonl --map map.json --out dev-reworded.jsonl    (a twin to measure robustness)
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{generate,review,export}")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{generate,review,export,check,reword}")
 
     gen = sub.add_parser("generate", help="write synthetic labelled conversations with a teacher LLM",
                          description="A teacher LLM writes conversations from scripted situations (one task, a "
@@ -58,6 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rev.add_argument("--lease-minutes", type=float, default=15.0,
                      help="a conversation open in a tab is held this long without activity (default 15)")
     rev.set_defaults(data_run=run_review)
+
+    chk = sub.add_parser("check", help="check written conversations and keep those that pass",
+                         description="Every rule a generated conversation must meet (one label per user message, "
+                         "tasks from the list, consistent events, alternating roles ending on the user), task lists "
+                         "of --min-tasks to --max-tasks, no repeated id or text. Prints rejects by reason.")
+    chk.add_argument("files", nargs="+", help="router-bench JSONL files (gzipped or not)")
+    chk.add_argument("--out", help="write the conversations that pass here (router-bench JSONL)")
+    chk.add_argument("--min-tasks", type=int, default=3, help="fewest tasks a list may hold (default 3)")
+    chk.add_argument("--max-tasks", type=int, default=25, help="most tasks a list may hold (default 25)")
+    chk.set_defaults(data_run=run_check)
+
+    rew = sub.add_parser("reword", help="the same conversations under another task list (a map, a shuffle)",
+                         description="Writes a twin of a router-bench file with the same ids: every task renamed and "
+                         "re-described by --map (labels follow), and/or each list shuffled with --shuffle-seed. "
+                         "`taskrouter eval` pairs a twin with its original: accuracy gap and changed answers.")
+    rew.add_argument("file", help="router-bench JSONL to reword")
+    rew.add_argument("--out", required=True, help="router-bench JSONL to write")
+    rew.add_argument("--map", help='JSON {"old name": {"name": "new", "description": "new"}} covering every task')
+    rew.add_argument("--shuffle-seed", type=int, help="shuffle every task list with this seed")
+    rew.set_defaults(data_run=run_reword)
 
     exp = sub.add_parser("export", help="write the confirmed and relabelled conversations as router-bench JSONL")
     exp.add_argument("--db", required=True, help="SQLite database of a review")
@@ -128,6 +150,34 @@ def run_review(args: argparse.Namespace) -> None:
           f"{progress['decided']} decided", flush=True)
     print(f"review at http://{args.host}:{args.port}/", flush=True)
     run_simple(args.host, args.port, create_app(store), threaded=True)
+
+
+def run_check(args: argparse.Namespace) -> None:
+    """`data check`: print every reject and the counts; write what passed with --out."""
+    from .datacheck import check_files, write_records
+
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        sys.exit(f"{missing[0]}: no such file")
+    result = check_files(args.files, args.min_tasks, args.max_tasks)
+    print("\n".join(result.lines + [f"kept {len(result.kept)}, rejected {sum(result.rejected.values())}"
+                                    + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(result.rejected.items()))})"
+                                       if result.rejected else "")]))
+    if args.out:
+        write_records(result.kept, args.out)
+
+
+def run_reword(args: argparse.Namespace) -> None:
+    """`data reword`: write the twin file."""
+    from .reword import read_map, reword_file
+
+    if args.map is None and args.shuffle_seed is None:
+        sys.exit("data reword: give --map, --shuffle-seed or both")
+    try:
+        n = reword_file(args.file, args.out, read_map(args.map) if args.map else None, args.shuffle_seed)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"wrote {n} conversations to {args.out}")
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -12,9 +12,11 @@ outweighs the conversation an adapter keeps after it (`--history-tokens`, 96 by
 default), so sharing it makes training cheaper for the same gradients
 (`taskrouter bench train --samples 60` measured 1.87x, see README).
 Augmentation is per pack (task order shuffled, distractors dropped, one task
-removed so its turns become none, names rewritten, opt-in: a name's leading verb
-swapped) so the model learns to read the list instead of memorising names, and, opt-in,
-per turn (a wrong current task, to recover from its own mistakes in a live conversation);
+removed so its turns become none, names rewritten in one style; opt-in: a name's
+leading verb swapped, every name restyled on its own - abbreviated, reordered, an
+opaque code - and some descriptions left out) so the model learns to read the list
+instead of memorising names, and, opt-in, per turn (a wrong current task, to recover
+from its own mistakes in a live conversation);
 events are balanced by thinning each pack's turns with per-event keep probabilities.
 """
 from __future__ import annotations
@@ -93,9 +95,14 @@ class Augment:
     # held-out assistant domains but not on SGD dev or sales (README, "Measured, not shipped").
     swap_verbs: float = 0.0  # some names' leading verb replaced (see VERBS)
     # A later turn's current task replaced by another listed task or none, the gold unchanged. In a
-    # live conversation the current task is the router's own last answer, sometimes wrong; an adapter
-    # trained on gold current tasks only kept a wrong one on 58% of the SGD dev turns after an error.
+    # live conversation the current task is the router's own last answer, sometimes wrong, and must
+    # not be kept just because it is current.
     wrong_current: float = 0.0
+    # Each task of the list rewritten in a style of its own (see NAME_STYLES), as clients mix styles:
+    # a name the model has seen comes back abbreviated, reordered or as an opaque code whose
+    # description carries the meaning, so recognising names stops paying and reading the list does.
+    mix_names: float = 0.0
+    drop_descriptions: float = 0.0  # per task whose name keeps its words: the description left out
 
 
 # Leading words of task names. Most SGD names start with their description's verb (find_events:
@@ -193,6 +200,61 @@ def _rename_style(rng: random.Random):
     return rename
 
 
+NAME_STYLES = ("keep", "camel", "kebab", "upper", "title", "spaced", "abbrev", "reorder", "opaque")
+OPAQUE_FORMS = ("t{n}", "T-{n}", "task_{n}", "op{n}", "wf-{n}{n2}", "{a}{n}", "{a}{a2}_{n}")
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a task name in any style: snake, kebab, spaced or camelCase."""
+    return [w for w in re.split(r"[_\s\-]+|(?<=[a-z0-9])(?=[A-Z])", name) if w]
+
+
+def _mixed_styles(rng: random.Random, opaque: set[str]):
+    """A rewrite of each name in a style drawn for that name alone (a third keep theirs); names made
+    opaque are recorded in `opaque` so their description is never dropped."""
+    numbers = rng.sample(range(1, 100), 99)
+    letters = "ABCDEFGHKMNPRSTVWXZ"
+
+    def rename(name: str, index: int) -> str:
+        words = name_words(name)
+        style = "keep" if rng.random() < 1 / 3 or not words else rng.choice(NAME_STYLES[1:])
+        if style == "camel":
+            return words[0].lower() + "".join(w[:1].upper() + w[1:].lower() for w in words[1:])
+        if style == "kebab":
+            return "-".join(w.lower() for w in words)
+        if style == "upper":
+            return "_".join(w.upper() for w in words)
+        if style == "title":
+            return " ".join(w[:1].upper() + w[1:].lower() for w in words)
+        if style == "spaced":
+            return " ".join(w.lower() for w in words)
+        if style == "abbrev":
+            return "_".join(w[:3].lower() if len(w) > 4 else w.lower() for w in words)
+        if style == "reorder" and len(words) > 1:
+            return "_".join(w.lower() for w in words[1:] + words[:1])
+        if style == "opaque":
+            opaque.add(name)
+            return rng.choice(OPAQUE_FORMS).format(n=numbers[index % 99], n2=rng.randint(0, 9),
+                                                   a=rng.choice(letters), a2=rng.choice(letters))
+        return name
+
+    return rename
+
+
+def _reworded(tasks: list[dict], queries: list[Query], rng: random.Random, aug: Augment) -> tuple[list[dict], list[Query]]:
+    """Every task restyled on its own (when `mix_names` draws it), then some descriptions dropped where
+    the name still says what the task is."""
+    opaque: set[str] = set()
+    if aug.mix_names and rng.random() < aug.mix_names:
+        before = [t["name"] for t in tasks]
+        tasks, queries = _renamed(tasks, queries, _mixed_styles(rng, opaque))
+        opaque = {new["name"] for old, new in zip(before, tasks) if old in opaque}
+    if aug.drop_descriptions:
+        tasks = [{**t, "description": ""} if t["name"] not in opaque and t.get("description") and
+                 len(name_words(t["name"])) > 1 and rng.random() < aug.drop_descriptions else t for t in tasks]
+    return tasks, queries
+
+
 def _swap_verbs(rng: random.Random):
     """A rewrite of some multi-word names' first word to another verb, the description untouched."""
     def swap(name: str, index: int) -> str:
@@ -235,6 +297,7 @@ def augment(plan: Plan, rng: random.Random, aug: Augment) -> Plan:
         tasks, queries = _renamed(tasks, queries, _swap_verbs(rng))
     if rng.random() < aug.rename:
         tasks, queries = _renamed(tasks, queries, _rename_style(rng))
+    tasks, queries = _reworded(tasks, queries, rng, aug)
     if aug.wrong_current:
         names = [t["name"] for t in tasks] + [None]
         queries = [replace(q, current=rng.choice([n for n in names if n != q.current]))
@@ -254,10 +317,11 @@ def keep_probabilities(counts: Counter, balance: dict[str, float]) -> dict[str, 
 
 def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: random.Random,
                  aug: Augment | None = Augment(), pilot: int = 300) -> list[Plan]:
-    """Plans holding `n` queries in all, drawn evenly over sources, events thinned toward `balance`."""
+    """Plans holding `n` queries in all, drawn evenly over sources, events thinned toward `balance`.
+    Rewordings of one corpus (`sgd_x/train_v1` ... `_v4`) are one source: its conversations under any wording."""
     by_source: dict[str, list[dict]] = {}
     for r in records:
-        by_source.setdefault(r["source"], []).append(r)
+        by_source.setdefault(re.sub(r"_v\d+$", "", r["source"]), []).append(r)
     regroupers = {s: Regrouper([r for r in rs if is_single_turn(r)]) for s, rs in by_source.items()}
     sources = sorted(by_source)
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from taskrouter.events import event_for
 from taskrouter.schema import NONE, Task
 
-from .records import BenchRecord, describe, parse_shares, reason_of
+from .records import BenchRecord, check_generated, describe, parse_shares
 from .teacher import Teacher, TeacherError
 
 # share of each scripted situation; `task` = one task from start to the last turn
@@ -214,16 +214,9 @@ def to_record(reply: str, plan: Plan, tasks: list[dict], record_id: str, source:
         labels.append({"turn": label.get("turn"), "task": task, "event": event})
         previous = task if isinstance(task, str) else None
     record = {"id": record_id, "source": source, "tasks": tasks, "messages": data["messages"], "labels": labels}
-    try:
-        checked = BenchRecord.model_validate(record).model_dump()
-    except ValidationError as exc:
-        return None, reason_of(exc)
-    if checked["messages"][-1]["role"] != "user":
-        return None, "last_not_user"  # a generated conversation ends on the turn to route
-    if any(not m["content"].strip() for m in checked["messages"]):
-        return None, "empty_message"
-    if any(a["role"] == b["role"] for a, b in zip(checked["messages"], checked["messages"][1:])):
-        return None, "bad_roles"
+    checked, reason = check_generated(record)
+    if checked is None:
+        return None, reason
     sequence = [label["task"] for label in checked["labels"]]
     collapsed = tuple(t for k, t in enumerate(sequence) if k == 0 or t != sequence[k - 1])
     if collapsed != plan.phases:

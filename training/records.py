@@ -74,6 +74,22 @@ def labels_for(messages: list[dict], tasks: list[str | None]) -> list[dict]:
     return labels
 
 
+def check_generated(record: dict) -> tuple[dict | None, str]:
+    """(the validated record, "") or (None, reason code) under the rules for written training data: a valid
+    BenchRecord that ends on a user turn to route, with no empty message and roles that alternate."""
+    try:
+        checked = BenchRecord.model_validate(record).model_dump()
+    except ValidationError as exc:
+        return None, reason_of(exc)
+    if checked["messages"][-1]["role"] != "user":
+        return None, "last_not_user"  # a generated conversation ends on the turn to route
+    if any(not m["content"].strip() for m in checked["messages"]):
+        return None, "empty_message"
+    if any(a["role"] == b["role"] for a, b in zip(checked["messages"], checked["messages"][1:])):
+        return None, "bad_roles"
+    return checked, ""
+
+
 def reason_of(exc: ValidationError) -> str:
     """The reason code of the first error: a custom type, `bad_roles` for a wrong role, else `bad_shape`."""
     err = exc.errors()[0]
