@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +39,10 @@ def open_text(path: Path | str):
 
 
 def bench_name(path: Path) -> str:
-    """`sales` for sales.jsonl; `sgd-dev` for sgd/dev.jsonl and `sgd_x-dev_v4` for sgd_x/dev_v4.jsonl.gz,
-    whose stems alone say little."""
+    """`sales` for sales.jsonl; `sgd-dev` for sgd/dev.jsonl, `sgd_x-dev_v4` for sgd_x/dev_v4.jsonl.gz and
+    `assistant-dev-reworded` for assistant/dev-reworded.jsonl, whose stems alone say little."""
     stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
-    generic = stem in SPLIT_NAMES or stem.split("_")[0] in SPLIT_NAMES
+    generic = re.split(r"[_-]", stem)[0] in SPLIT_NAMES  # dev, dev_v4, dev-reworded
     return f"{path.parent.name}-{stem}" if generic and path.parent.name else stem
 
 

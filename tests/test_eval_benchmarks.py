@@ -50,3 +50,42 @@ def test_assistant_data_is_valid_disjoint_and_never_about_sales():
     assert not [n for n in names if any(w in n for w in ("sale", "prospect", "quote", "deal", "lead"))]
     events = Counter(label["event"] for c in train for label in c["labels"])
     assert min(events[e] for e in ("start", "continue", "switch", "end", "none")) >= 50
+
+
+ROLES = Path(__file__).resolve().parents[1] / "training" / "data" / "roles"
+
+
+def industry(conv: dict) -> str:
+    return conv["id"].split("-")[1]  # roles-<industry>-<role>-NN
+
+
+def test_roles_data_holds_many_lists_and_keeps_its_dev_industries_out_of_training():
+    train, dev = read_conversations(ROLES / "train.jsonl"), read_conversations(ROLES / "dev.jsonl")
+    assert len(train) >= 600 and len(dev) >= 100
+    assert not {industry(c) for c in train} & {industry(c) for c in dev}  # held out by industry, not by conversation
+    train_names = {t["name"] for c in train for t in c["tasks"]}
+    assert len(train_names) >= 1000 and not train_names & SEED_TASKS
+    assert len({t["name"] for c in dev for t in c["tasks"]} & train_names) == 0
+    said = lambda convs: {m["content"] for c in convs for m in c["messages"] if len(m["content"]) > 40}  # noqa: E731
+    assert not said(train) & said(dev)
+    sizes = Counter(min(len(c["tasks"]) // 8, 2) for c in train)  # 3-7, 8-15, 16-25 tasks
+    assert all(sizes[k] >= 80 for k in range(3))
+    events = Counter(label["event"] for c in train for label in c["labels"])
+    assert min(events[e] for e in ("start", "continue", "switch", "end", "none")) >= 50
+
+
+@pytest.mark.parametrize("original, twin", [(SALES, SALES.with_name("sales-reworded.jsonl")),
+                                            (ASSISTANT / "dev.jsonl", ASSISTANT / "dev-reworded.jsonl")])
+def test_reworded_twins_keep_the_dialogues_and_rename_every_task(original, twin):
+    before, after = read_conversations(original), read_conversations(twin)
+    assert [c["id"] for c in before] == [c["id"] for c in after]
+    for a, b in zip(before, after):
+        assert a["messages"] == b["messages"] and len(a["tasks"]) == len(b["tasks"])
+        old = {t["name"] for t in a["tasks"]}
+        assert not old & {t["name"] for t in b["tasks"]}
+        assert all(x["description"] != y["description"] for x, y in zip(a["tasks"], b["tasks"]) if x["description"])
+        position = {t["name"]: i for i, t in enumerate(a["tasks"])}
+        renamed = {t["name"]: i for i, t in enumerate(b["tasks"])}
+        for la, lb in zip(a["labels"], b["labels"]):  # the same task, by position in the list
+            assert (la["task"] is None) == (lb["task"] is None) and la["event"] == lb["event"]
+            assert la["task"] is None or position[la["task"]] == renamed[lb["task"]]
