@@ -261,3 +261,21 @@ def test_rewordings_of_one_corpus_are_one_source_when_sampling():
     sources = Counter(q.source for p in plans for q in p.queries)
     share = sources["a/train"] / sum(sources.values())
     assert 0.4 < share < 0.6 and sources["sgd_x/train_v1"] and sources["sgd_x/train_v2"]
+
+
+def test_mix_weights_sources_and_equal_weights_are_plain_round_robin():
+    from itertools import islice
+
+    from taskrouter.training.examples import weighted_rounds
+
+    assert list(islice(weighted_rounds(["a", "b", "c"], {"a": 1, "b": 1, "c": 1}), 7)) == list("abcabca")
+    counts = Counter(islice(weighted_rounds(["a", "b"], {"a": 3, "b": 1}), 400))
+    assert counts == {"a": 300, "b": 100}
+    base = [{**RECORD, "id": f"a{i}", "source": "a/train"} for i in range(20)]
+    other = [{**RECORD, "id": f"b{i}", "source": "b/train"} for i in range(20)]
+    plans = sample_plans(base + other, 900, {"start": 1, "switch": 1, "end": 1}, random.Random(0), aug=None,
+                         mix={"a/train": 2})
+    sources = Counter(q.source for p in plans for q in p.queries)
+    assert 0.6 < sources["a/train"] / sum(sources.values()) < 0.73
+    with pytest.raises(ValueError, match="--mix: no --data file is source 'c/train'"):
+        sample_plans(base, 10, {"start": 1}, random.Random(0), aug=None, mix={"c/train": 1})

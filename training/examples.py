@@ -113,9 +113,14 @@ VERBS = ("get", "find", "search", "check", "book", "reserve", "make", "add", "se
          "buy", "request", "schedule", "send", "create", "update", "plan", "write", "prepare")
 
 
+def file_source(path: str | Path) -> str:
+    """The source a training file's records are tagged with: `dir/stem` (sgd/train, sgd_x/train_v2)."""
+    return Path(path).parent.name + "/" + Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+
+
 def read_records(path: str | Path) -> list[dict]:
-    """The conversations of a router-bench JSONL file (gzipped or not), each tagged with its source (`dir/stem`)."""
-    source = Path(path).parent.name + "/" + Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+    """The conversations of a router-bench JSONL file (gzipped or not), each tagged with its `file_source`."""
+    source = file_source(path)
     records = []
     with open_text(path) as f:
         for n, line in enumerate(f, 1):
@@ -315,28 +320,50 @@ def keep_probabilities(counts: Counter, balance: dict[str, float]) -> dict[str, 
     return {e: r / top for e, r in ratio.items()} if top else {}
 
 
+def source_of(record: dict) -> str:
+    """The sampling source of a record: its file's `dir/stem`, rewordings of one corpus (`_v1`, `_v2`...) together."""
+    return re.sub(r"_v\d+$", "", record["source"])
+
+
+def weighted_rounds(sources: list[str], weights: dict[str, float]):
+    """An endless, deterministic order of sources in proportion to `weights` (smooth weighted round robin:
+    equal weights give plain round robin)."""
+    current = dict.fromkeys(sources, 0.0)
+    total = sum(weights[s] for s in sources)
+    while True:
+        for s in sources:
+            current[s] += weights[s]
+        best = max(sources, key=current.__getitem__)  # the first of equals
+        current[best] -= total
+        yield best
+
+
 def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: random.Random,
-                 aug: Augment | None = Augment(), pilot: int = 300) -> list[Plan]:
-    """Plans holding `n` queries in all, drawn evenly over sources, events thinned toward `balance`.
-    Rewordings of one corpus (`sgd_x/train_v1` ... `_v4`) are one source: its conversations under any wording."""
+                 aug: Augment | None = Augment(), pilot: int = 300, mix: dict[str, float] | None = None) -> list[Plan]:
+    """Plans holding `n` queries in all, drawn over sources in proportion to `mix` (a source not named
+    weighs 1), events thinned toward `balance`."""
     by_source: dict[str, list[dict]] = {}
     for r in records:
-        by_source.setdefault(re.sub(r"_v\d+$", "", r["source"]), []).append(r)
+        by_source.setdefault(source_of(r), []).append(r)
+    unknown = sorted(set(mix or {}) - set(by_source))
+    if unknown:
+        raise ValueError(f"--mix: no --data file is source {unknown[0]!r} (sources: {', '.join(sorted(by_source))})")
     regroupers = {s: Regrouper([r for r in rs if is_single_turn(r)]) for s, rs in by_source.items()}
     sources = sorted(by_source)
+    weights = {s: (mix or {}).get(s, 1.0) for s in sources}
 
-    def draw(i: int) -> Plan:
-        source = sources[i % len(sources)]
+    def draw(rounds) -> Plan:
+        source = next(rounds)
         record = rng.choice(by_source[source])
         plan = regroupers[source].plan(record, rng) if is_single_turn(record) else conversation_plan(record)
         return augment(plan, rng, aug) if aug else plan
 
-    counts = Counter(q.event for i in range(pilot) for q in draw(i).queries)
+    pilot_rounds = weighted_rounds(sources, weights)
+    counts = Counter(q.event for _ in range(pilot) for q in draw(pilot_rounds).queries)
     keep = keep_probabilities(counts, balance)
-    plans, total, i = [], 0, 0
+    plans, total, rounds = [], 0, weighted_rounds(sources, weights)  # the sampling starts the order afresh
     while total < n and keep:
-        plan = draw(i)
-        i += 1
+        plan = draw(rounds)
         queries = [q for q in plan.queries if rng.random() < keep.get(q.event, 0)][: n - total]
         if queries:
             plans.append(Plan(plan.tasks, tuple(queries)))
@@ -345,7 +372,8 @@ def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: ra
 
 
 def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float], seed: int,
-                 history_tokens: int, aug: Augment = Augment(), closed_loop: Sequence[str] = ()) -> list[Pack]:
+                 history_tokens: int, aug: Augment = Augment(), closed_loop: Sequence[str] = (),
+                 mix: dict[str, float] | None = None) -> list[Pack]:
     """`n` examples from router-bench files (and their closed-loop replays, each file a source of its
     own), sampled, augmented and tokenised into packs."""
     from tqdm import tqdm
@@ -354,7 +382,7 @@ def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float],
     if not any(r["labels"] for r in records):
         raise ValueError("--data: the files hold no labelled turns")
     records += [r for path in closed_loop for r in replay_records(records, path)]
-    plans = sample_plans(records, n, balance, random.Random(seed), aug)
+    plans = sample_plans(records, n, balance, random.Random(seed), aug, mix=mix)
     return [encode_pack(tokenizer, plan, history_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
 
 

@@ -39,7 +39,7 @@ from taskrouter.loading import MANIFEST, load_base
 from taskrouter.scorer import softcap
 from taskrouter.treeattention import tree_inputs
 
-from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, sample_packs, summarize
+from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, file_source, sample_packs, source_of, summarize
 from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per optimizer step (whole packs: a step closes once this many are seen)")
     parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
                         help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
+    parser.add_argument("--mix", default="", metavar="SOURCE=W,...",
+                        help="relative weights of the data sources, e.g. roles/train=3,sgd_x/train=2 (a source is a "
+                             "--data file's folder/stem, rewordings train_v1..v4 together; unnamed sources weigh 1)")
     parser.add_argument("--augment", default="", metavar="NAME=P,...",
                         help="augmentation probabilities to change, of: " + ", ".join(f"{f.name} ({f.default})"
                         for f in fields(Augment)) + "; see training/examples.py")
@@ -98,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_balance(text: str) -> dict[str, float]:
     """`start=0.2,continue=0.25` -> sampling weights per event."""
     return parse_shares(text, EVENTS, "--balance", "event")
+
+
+def parse_mix(text: str, data: list[str]) -> dict[str, float]:
+    """`roles/train=3,sgd_x/train=2` -> source weights; a source no --data file provides is an error."""
+    sources = sorted({source_of({"source": file_source(p)}) for p in data})
+    return parse_shares(text, sources, "--mix", "source") if text else {}
 
 
 def parse_augment(text: str) -> Augment:
@@ -125,6 +134,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     if args.augment:
         parts += ["--augment", args.augment]
+    if args.mix:
+        parts += ["--mix", args.mix]
     if args.time_budget is not None:
         parts += ["--time-budget", str(args.time_budget)]
     for path in args.dev:
@@ -202,7 +213,7 @@ def fingerprint(args: argparse.Namespace) -> str:
     # newer options join the key only when set, so checkpoints written before they existed still resume
     key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
            args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else []) \
-        + ([args.closed_loop] if args.closed_loop else [])
+        + ([args.closed_loop] if args.closed_loop else []) + ([args.mix] if args.mix else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -274,7 +285,8 @@ def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
 def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
     """The sampled packs, repeated over the epochs (same sample each epoch)."""
     packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
-                         args.history_tokens, parse_augment(args.augment), args.closed_loop)
+                         args.history_tokens, parse_augment(args.augment), args.closed_loop,
+                         parse_mix(args.mix, args.data))
     return [p for _ in range(args.epochs) for p in packs]
 
 
@@ -352,7 +364,8 @@ def train(args: argparse.Namespace) -> dict:
                              "grad_accum": args.grad_accum, "batch_size": 1, "history_tokens": args.history_tokens,
                              "max_examples": args.max_examples, "balance": parse_balance(args.balance),
                              "seed": args.seed, "optimizer": "paged_adamw" if quantization == "nf4" else "adamw",
-                             "schedule": "5% warm-up, cosine to 10%", "augment": asdict(parse_augment(args.augment))},
+                             "schedule": "5% warm-up, cosine to 10%", "augment": asdict(parse_augment(args.augment)),
+                             "mix": parse_mix(args.mix, args.data)},
         "init_adapter": init,
         "training": training,
         "dev_metrics": None,
@@ -416,6 +429,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         parse_balance(args.balance)
         parse_augment(args.augment)
+        parse_mix(args.mix, args.data)
         for path in args.data + args.closed_loop + args.dev:
             if not Path(path).is_file():
                 raise ValueError(f"--data/--closed-loop/--dev: {path} is not a file")
