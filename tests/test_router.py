@@ -1,3 +1,4 @@
+import json
 import pytest
 import torch
 
@@ -200,3 +201,23 @@ def test_adapter_is_default_and_sees_as_much_history_as_in_training(tiny_dir, tm
     bare = _route(router, {**request_payload, "strategy": "zero_shot", "top_k": 4, "adapter": "none"})
     assert bare.adapter is None
     assert {c.task: c.p for c in bare.candidates} == pytest.approx({c.task: c.p for c in without.candidates}, abs=1e-4)
+
+
+def test_an_adapter_reads_the_task_list_in_the_layout_it_trained_on(tiny_dir, tmp_path, request_payload):
+    from taskrouter.prompts import build_prompt, encode_prompt
+
+    old = build_adapter(tiny_dir, tmp_path / "names-first")
+    new = build_adapter(tiny_dir, tmp_path / "descriptions-first")
+    manifest = json.loads((new / "router.json").read_text())
+    (new / "router.json").write_text(json.dumps({**manifest, "prompt_format": "adapter-v2"}))
+    router = Router(load_model(str(tiny_dir), {"names-first": old, "descriptions-first": new}))
+    req = parse_request(request_payload)
+    for adapter, layout in (("names-first", "adapter"), ("descriptions-first", "adapter-v2")):
+        expected = encode_prompt(router.loaded.tokenizer, build_prompt("adapter", req.tasks, req.messages, None,
+                                                                       layout), history_tokens=96)
+        assert router.prompt_ids(parse_request({**request_payload, "adapter": adapter})) == expected.ids
+    text = build_prompt("adapter", req.tasks, req.messages, None, "adapter-v2").segments[0]
+    first = req.tasks[0]
+    assert f"- {first.description} => {first.name}\n" in text and text.endswith("- no task fits => none\nConversation:\n")
+    with pytest.raises(ValueError, match="prompt_format 'v9'"):
+        build_prompt("adapter", req.tasks, req.messages, None, "v9")

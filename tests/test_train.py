@@ -80,6 +80,22 @@ def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data
                                                                                                "follow_up_email", "none"}
 
 
+def test_the_prompt_format_is_trained_recorded_and_replayed(tiny_dir, data, tmp_path):
+    from taskrouter.training.examples import sample_packs
+
+    out = tmp_path / "v2"
+    manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 1, "--prompt-format",
+                     "adapter-v2")
+    assert manifest["prompt_format"] == "adapter-v2"
+    assert build_parser().parse_args(shlex.split(manifest["train_command"])[1:]).prompt_format == "adapter-v2"
+    tokenizer = load_model(str(tiny_dir)).tokenizer
+    packs = sample_packs(tokenizer, [str(data)], 1, {"start": 1}, 0, 96, prompt_format="adapter-v2")
+    head = tokenizer.decode(packs[0].head)
+    assert " => " in head and "- no task fits => none" in head
+    with pytest.raises(SystemExit):
+        train("--base", tiny_dir, "--data", data, "--out", tmp_path / "x", "--prompt-format", "v9")
+
+
 def test_resume_continues_from_the_latest_checkpoint(tiny_dir, data, tmp_path, capsys):
     out, checkpoints = tmp_path / "resumed", tmp_path / "ckpt"
     common = ["--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 4, "--grad-accum", 1,

@@ -373,7 +373,7 @@ def sample_plans(records: list[dict], n: int, balance: dict[str, float], rng: ra
 
 def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float], seed: int,
                  history_tokens: int, aug: Augment = Augment(), closed_loop: Sequence[str] = (),
-                 mix: dict[str, float] | None = None) -> list[Pack]:
+                 mix: dict[str, float] | None = None, prompt_format: str = "adapter") -> list[Pack]:
     """`n` examples from router-bench files (and their closed-loop replays, each file a source of its
     own), sampled, augmented and tokenised into packs."""
     from tqdm import tqdm
@@ -383,16 +383,17 @@ def sample_packs(tokenizer, paths: list[str], n: int, balance: dict[str, float],
         raise ValueError("--data: the files hold no labelled turns")
     records += [r for path in closed_loop for r in replay_records(records, path)]
     plans = sample_plans(records, n, balance, random.Random(seed), aug, mix=mix)
-    return [encode_pack(tokenizer, plan, history_tokens) for plan in tqdm(plans, desc="tokenise", unit="pack")]
+    return [encode_pack(tokenizer, plan, history_tokens, prompt_format)
+            for plan in tqdm(plans, desc="tokenise", unit="pack")]
 
 
-def encode_pack(tokenizer, plan: Plan, history_tokens: int) -> Pack:
+def encode_pack(tokenizer, plan: Plan, history_tokens: int, prompt_format: str = "adapter") -> Pack:
     """Token ids of the plan's head and of each query's serving prompt beyond it plus the answer."""
     tasks = [Task(**t) for t in plan.tasks]
     head: list[int] = []
     examples = []
     for q in plan.queries:
-        prompt = build_prompt("adapter", tasks, [Message(**m) for m in q.messages], q.current)
+        prompt = build_prompt("adapter", tasks, [Message(**m) for m in q.messages], q.current, prompt_format)
         encoded = encode_prompt(tokenizer, prompt, history_tokens=history_tokens)
         head = encoded.segments[0]  # the same for every query: it depends on the task list only
         body = [i for segment in encoded.segments[1:] for i in segment]

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from taskrouter.embedded import EMBEDDED_NAME
 from taskrouter.loading import MANIFEST, load_base
+from taskrouter.prompts import ADAPTER_FORMATS
 from taskrouter.scorer import softcap
 from taskrouter.treeattention import tree_inputs
 
@@ -75,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per optimizer step (whole packs: a step closes once this many are seen)")
     parser.add_argument("--balance", default=",".join(f"{k}={v}" for k, v in DEFAULT_BALANCE.items()),
                         help="event weights of the sampled turns, e.g. start=0.2,continue=0.25,...")
+    parser.add_argument("--prompt-format", default="adapter", choices=ADAPTER_FORMATS,
+                        help="how the prompt lists the tasks: 'adapter' (- name: description) or 'adapter-v2' "
+                             "(- description => name); the server reads it from router.json")
     parser.add_argument("--mix", default="", metavar="SOURCE=W,...",
                         help="relative weights of the data sources, e.g. roles/train=3,sgd_x/train=2 (a source is a "
                              "--data file's folder/stem, rewordings train_v1..v4 together; unnamed sources weigh 1)")
@@ -136,6 +140,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--augment", args.augment]
     if args.mix:
         parts += ["--mix", args.mix]
+    if args.prompt_format != "adapter":
+        parts += ["--prompt-format", args.prompt_format]
     if args.time_budget is not None:
         parts += ["--time-budget", str(args.time_budget)]
     for path in args.dev:
@@ -213,7 +219,8 @@ def fingerprint(args: argparse.Namespace) -> str:
     # newer options join the key only when set, so checkpoints written before they existed still resume
     key = [args.base, args.data, args.max_examples, args.history_tokens, args.epochs, args.balance, args.seed,
            args.rank, args.target_modules, args.init_adapter] + ([args.augment] if args.augment else []) \
-        + ([args.closed_loop] if args.closed_loop else []) + ([args.mix] if args.mix else [])
+        + ([args.closed_loop] if args.closed_loop else []) + ([args.mix] if args.mix else []) \
+        + ([args.prompt_format] if args.prompt_format != "adapter" else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -286,7 +293,7 @@ def prepare_packs(args: argparse.Namespace, tokenizer) -> list[Pack]:
     """The sampled packs, repeated over the epochs (same sample each epoch)."""
     packs = sample_packs(tokenizer, args.data, args.max_examples, parse_balance(args.balance), args.seed,
                          args.history_tokens, parse_augment(args.augment), args.closed_loop,
-                         parse_mix(args.mix, args.data))
+                         parse_mix(args.mix, args.data), args.prompt_format)
     return [p for _ in range(args.epochs) for p in packs]
 
 
@@ -355,7 +362,7 @@ def train(args: argparse.Namespace) -> dict:
     manifest = {
         "name": args.name or out.name,
         "base_model": base_name,
-        "prompt_format": "adapter",
+        "prompt_format": args.prompt_format,
         "quantization": quantization,
         "training_data": {"files": args.data, "closed_loop": args.closed_loop,
                           "examples": summarize(packs[: state["packs"]])},

@@ -59,9 +59,21 @@ class Prompt:
     reasoning_lead: str | None  # for few_shot_cot / react: generate after this, then close with ANSWER_LEAD
 
 
-def _task_block(tasks: list[Task]) -> str:
-    lines = [f"- {t.name}: {' '.join(t.description.split())}" if t.description else f"- {t.name}" for t in tasks]
-    lines.append(f"- {NONE}: no task fits")
+# How the `adapter` strategy lists the tasks; an adapter's router.json `prompt_format` names the one it
+# trained on. "adapter": `- name: description`. "adapter-v2": `- description => name`, so that the
+# name's tokens are computed in the light of what the task does (a token sees only what precedes it)
+# and the answer can copy the name of the line whose meaning matches, whatever the name says.
+ADAPTER_FORMATS = ("adapter", "adapter-v2")
+
+
+def _task_block(tasks: list[Task], prompt_format: str = "adapter") -> str:
+    if prompt_format == "adapter-v2":
+        lines = [f"- {' '.join(t.description.split())} => {t.name}" if t.description else f"- {t.name}"
+                 for t in tasks]
+        lines.append(f"- no task fits => {NONE}")
+    else:
+        lines = [f"- {t.name}: {' '.join(t.description.split())}" if t.description else f"- {t.name}" for t in tasks]
+        lines.append(f"- {NONE}: no task fits")
     return "Tasks:\n" + "\n".join(lines) + "\nConversation:\n"
 
 
@@ -70,9 +82,14 @@ def _message(message: Message) -> str:
     return f"{speaker}: {' '.join(message.content.split())}\n"
 
 
-def build_prompt(strategy: str, tasks: list[Task], messages: list[Message], current_task: str | None) -> Prompt:
-    """The prompt of one strategy; the current task sits in the tail so it never breaks the cache."""
-    header = ("\n" if strategy != "adapter" else "") + _task_block(tasks)
+def build_prompt(strategy: str, tasks: list[Task], messages: list[Message], current_task: str | None,
+                 prompt_format: str = "adapter") -> Prompt:
+    """The prompt of one strategy (`prompt_format`: the adapter's task-list layout, see ADAPTER_FORMATS);
+    the current task sits in the tail so it never breaks the cache."""
+    if prompt_format not in ADAPTER_FORMATS:
+        raise ValueError(f"prompt_format {prompt_format!r}: not one of {', '.join(ADAPTER_FORMATS)}")
+    header = ("\n" if strategy != "adapter" else "") + _task_block(tasks, prompt_format if strategy == "adapter"
+                                                                     else "adapter")
     segments = [_HEADERS[strategy] + header]
     segments += [_message(m) for m in messages]
     tail = f"Current task: {current_task or NONE}\n"

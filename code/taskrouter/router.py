@@ -80,10 +80,12 @@ class Router:
             known = ", ".join(self.loaded.adapters) or "none loaded"
             raise RequestError("unknown_adapter", f"adapter: {adapter!r} is not loaded (known: {known})", 404)
         strategy = request.strategy or ("adapter" if adapter else "zero_shot")
-        prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task)
-        history = None  # an adapter sees as much conversation as in its training (train/serve parity)
+        history, prompt_format = None, "adapter"  # an adapter's prompt is laid out as in its training
         if strategy == "adapter" and adapter is not None:
-            history = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("history_tokens")
+            manifest = self.loaded.adapters[adapter]
+            history = manifest.get("hyper_parameters", {}).get("history_tokens")
+            prompt_format = manifest.get("prompt_format", "adapter")
+        prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task, prompt_format)
         try:
             encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history)
         except PromptTooLong as exc:
