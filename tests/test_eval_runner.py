@@ -204,3 +204,21 @@ def test_a_retrained_adapter_is_not_mixed_with_predictions_of_the_old_one(tmp_pa
     weights.write_bytes(b"second training")
     with pytest.raises(ValueError, match="config 'mine' changed"):
         run_all([], [config], tmp_path / "run", pool=None, progress=False)
+
+
+def test_every_config_loads_before_any_conversation_is_routed(bench_file, tmp_path):
+    """A config that fails to load (the embedding baseline without its extra) must fail the run before the
+    configs before it spend minutes routing predictions that would then be thrown away."""
+    first = ScriptedRouter(["none"] * 10)
+
+    class Pool:
+        def get(self, config):
+            if config.kind == "embedding":
+                raise RuntimeError("the embedding baseline needs sentence_transformers")
+            return first
+
+    configs = [EvalConfig(name="adapter"), EvalConfig(name="embedding", kind="embedding")]
+    with pytest.raises(RuntimeError, match="sentence_transformers"):
+        run_all([load_bench(str(bench_file), None, 0)], configs, tmp_path / "run", Pool(), progress=False)
+    assert first.seen == []
+    assert not list((tmp_path / "run").glob("predictions-*"))
