@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taskrouter.cli import build_parser, main
+from taskrouter.cli import main, parse_args
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
@@ -58,7 +58,7 @@ def test_soup_is_the_exact_mean_of_its_adapters_and_routes(tiny_dir, ingredients
     assert manifest["hyper_parameters"]["rank"] == 12 and manifest["hyper_parameters"]["history_tokens"] == 96
     assert "none_bias" not in manifest  # the soup's bias must be tuned again
     assert [a["train_command"] for a in manifest["average_of"]] == [f"taskrouter train --seed {i}" for i in range(3)]
-    again = build_parser().parse_args(shlex.split(manifest["average_command"])[1:])
+    again = parse_args(shlex.split(manifest["average_command"])[1:])
     assert again.adapter == [str(p) for p in ingredients] and again.out == str(out)
 
     router = Router(load_model(str(tiny_dir), {"soup": out}), default_adapter="soup")

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--max-retries", type=int, default=5, help="HTTP retries on 429/5xx/timeouts (default 5)")
     gen.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
     gen.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout per request in seconds")
-    gen.add_argument("--temperature", type=float, default=0.9)
+    gen.add_argument("--temperature", type=float, default=0.9, help="teacher sampling temperature (default 0.9)")
     gen.add_argument("--max-tokens", type=int, default=1500, help="longest teacher reply in tokens")
     gen.add_argument("--show-prompt", action="store_true",
                      help="print the teacher chat of the first conversation slot and exit (no teacher call)")
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "else holds. Every decision is stored in the SQLite database at once.")
     rev.add_argument("file", help="router-bench JSONL to review (imported into --db; rerunning adds nothing twice)")
     rev.add_argument("--db", required=True, help="SQLite database of the review (created if missing)")
-    rev.add_argument("--port", type=int, default=8090)
+    rev.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     rev.add_argument("--host", default="127.0.0.1", help="listening address (0.0.0.0 for the whole team's network)")
     rev.add_argument("--lease-minutes", type=float, default=15.0,
                      help="a conversation open in a tab is held this long without activity (default 15)")
