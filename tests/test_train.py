@@ -69,6 +69,9 @@ def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data
     assert manifest["training"]["optimizer_steps"] == 3
     assert manifest["training_data"]["examples"]["by_event"] == {"start": 3}
     assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
+    card = (out / "README.md").read_text()  # the model card, not peft's generic one
+    assert card.startswith("---\nbase_model: tiny-gemma3\nlibrary_name: peft\n")
+    assert manifest["train_command"] in card and f"| `{data}` | 1 |" in card
     again = parse_args(shlex.split(manifest["train_command"])[1:])
     assert again.rank == 8 and again.augment == "wrong_current=0.5"
     assert again.closed_loop == manifest["training_data"]["closed_loop"] == [str(predictions(tmp_path))]
