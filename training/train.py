@@ -11,8 +11,8 @@ LoRA trains on a float32 base. Checkpoints are written as training goes and
 hyper-parameters, dev accuracy, and the command that produced it).
 
 The default adapter of the embedded model is the mean (`taskrouter average`) of
-runs like `taskrouter train --base embedded --data ../shared/data/sgd/train.jsonl
---data ../shared/data/clinc150/train.jsonl --out model_artifacts/adapters/my-router
+runs like `taskrouter train --base embedded --data data/sgd/train.jsonl
+--data data/clinc150/train.jsonl --out model_artifacts/adapters/my-router
 --time-budget 40`; every run's exact command is in that folder's router.json.
 """
 from __future__ import annotations
