@@ -71,7 +71,8 @@ def render(manifest: dict) -> str:
             lines += [f"Training: `{json.dumps(manifest['training'])}`.", ""]
     files = _files(manifest)
     if files:
-        lines += ["Data (router-bench JSONL files):", ""] + [f"- `{f}`" for f in files] + [""]
+        lines += ["Data (router-bench JSONL files, docs/data-format.md; paths as they were where it was trained):",
+                  ""] + [f"- `{f}`" for f in files] + [""]
     lines += ["## Metrics", ""]
     dev = (manifest.get("dev_metrics") or {}).get("files") or {}
     if dev:
