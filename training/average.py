@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskrouter.embedded import EMBEDDED_NAME
-from taskrouter.loading import MANIFEST, read_manifest
 
 from .model_card import write_model_card
 
@@ -55,6 +54,8 @@ class Adapter:
 
 def read_adapter(folder: Path) -> Adapter:
     """An adapter folder as `taskrouter train` writes it; an error naming it when a file is missing."""
+    from taskrouter.loading import read_manifest
+
     from .train import adapter_weights_file
 
     weights = adapter_weights_file(folder, "--adapter")
@@ -104,7 +105,7 @@ def average(folders: list[Path], out: Path, name: str | None = None, history_tok
     """Write the exact mean of the adapters in `folders` to `out`; returns its manifest (no none bias yet)."""
     from peft import PeftModel
 
-    from taskrouter.loading import load_base
+    from taskrouter.loading import MANIFEST, load_base
 
     if len(folders) < 2:
         raise ValueError("--adapter: give at least two adapters to average")
