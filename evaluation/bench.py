@@ -17,7 +17,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
+from taskrouter.extras import MissingExtra, require
 
 BATCH = 8  # concurrent requests in the micro-batching figure
 TASKS = [
@@ -62,6 +62,7 @@ def _outlines_baseline(router, requests) -> dict:
     from typing import Literal
 
     import outlines
+    import torch
 
     model = outlines.from_transformers(router.loaded.model, router.loaded.tokenizer)
     times = []
@@ -153,6 +154,13 @@ def _write_json(path: str | None, figures: dict) -> None:
 
 
 def _latency(args: argparse.Namespace) -> None:
+    if not args.no_outlines:  # before the model loads, not after minutes of measuring
+        try:
+            require("outlines", "bench", "the outlines baseline of taskrouter bench latency (or --no-outlines)")
+        except MissingExtra as exc:
+            raise SystemExit(f"error: {exc}") from None
+    import torch
+
     from taskrouter import handler
     from taskrouter.kvcache import PrefixCache
     from taskrouter.schema import parse_request

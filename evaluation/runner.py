@@ -115,10 +115,11 @@ def run_all(benches: list[Bench], configs: list[EvalConfig], out: Path, pool: Ro
             for c in configs for b in benches}
     todo = [(c, b, conv) for c in configs for b in benches for conv in b.conversations
             if conv["id"] not in done[(c.name, b.name)]]
+    routers = {c.name: pool.get(c) for c in configs if any(c is t for t, _, _ in todo)}  # all load before any work
     computed = 0
     with tqdm(total=sum(len(conv["labels"]) for _, _, conv in todo), unit="turn", disable=not progress,
               desc="routing") as bar, ThreadPoolExecutor(parallel) as executor:
-        running = {executor.submit(route_conversation, pool.get(config), conv, config, teacher_forcing):
+        running = {executor.submit(route_conversation, routers[config.name], conv, config, teacher_forcing):
                    (config, bench, conv) for config, bench, conv in todo}
         try:
             for future in running:  # written in order, one whole conversation at a time

@@ -84,3 +84,6 @@ def save_none_bias(adapter_dir: Path, result: dict, data: list[dict]) -> None:
     manifest["none_bias"] = {**result, "mode": "teacher forcing",
                              "grid": [float(BIAS_GRID[0]), float(BIAS_GRID[-1]), 0.1], "data": data}
     (Path(adapter_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    from taskrouter.training.model_card import write_model_card
+
+    write_model_card(Path(adapter_dir), manifest)  # the card states the bias the server applies

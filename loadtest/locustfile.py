@@ -6,7 +6,7 @@ conversation's task list and, as `current_task`, the router's previous answer,
 exactly as an agent in a live conversation would; then it moves to another
 conversation. An answer that is not 200 or names a task outside the list is a failure.
 
-    locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --bench ../shared/data/sgd/dev.jsonl
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --bench evaluation/benchmarks/sales.jsonl
 (or `taskrouter loadtest`, which runs it headless with bounded users and time).
 Options: --bench FILE (env TASKROUTER_BENCH), --think-time SECONDS between turns (default 0).
 """
@@ -20,7 +20,9 @@ from pathlib import Path
 
 from locust import HttpUser, events, task
 
-DEFAULT_BENCH = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sgd" / "dev.jsonl")
+# Locust loads this file by path (it may run without taskrouter importable): the sample bench sits in the
+# evaluation folder beside this one, in a checkout and in an installed wheel alike
+DEFAULT_BENCH = str(Path(__file__).resolve().parent.parent / "evaluation" / "benchmarks" / "sample.jsonl")
 
 
 @events.init_command_line_parser.add_listener

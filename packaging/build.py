@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import taskrouter
 from taskrouter.embedded import EMBEDDED_NAME
 from taskrouter.loading import DEFAULT_ADAPTERS_DIR, MANIFEST
+from taskrouter.resources import PACKAGE, artifact_code_dir
 
 from .archive import MANIFEST_NAME, file_manifest, write_archive, write_manifest
 
-CODE_DIR = Path(taskrouter.__file__).resolve().parents[1]  # the repository's code/ folder
+# folders an installed wheel keeps inside the taskrouter package that are no part of the artifact's library
+NOT_IN_ARTIFACT = ("serving", "evaluation", "training", "packaging", "model_artifacts", "loadtest", "artifact_code")
 QUANTIZATIONS = ("nf4", "bf16")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", MANIFEST, "README.md")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -151,10 +152,11 @@ def write_base(source_dir: Path, stage: Path, quantization: str) -> None:
 
 
 def copy_code(stage: Path) -> None:
-    """code/ = the repository's code/ folder (inference.py, requirements.txt, taskrouter/), without caches."""
-    if not (CODE_DIR / "inference.py").exists():
-        raise BuildError(f"{CODE_DIR} has no inference.py: build from a source checkout (pip install -e .)")
-    shutil.copytree(CODE_DIR, stage / "code", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    """code/ = the artifact's files (inference.py, requirements.txt) and the core taskrouter library, without
+    caches: from a checkout's code/ folder or from an installed wheel alike."""
+    caches = ("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(artifact_code_dir(), stage / "code", ignore=shutil.ignore_patterns(*caches, "taskrouter"))
+    shutil.copytree(PACKAGE, stage / "code" / "taskrouter", ignore=shutil.ignore_patterns(*caches, *NOT_IN_ARTIFACT))
 
 
 def build(

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskrouter.loading import DEFAULT_ADAPTERS_DIR
+from taskrouter.resources import adapters_dir
 
 
 def _bytes_bar(desc: str):
@@ -47,7 +47,7 @@ def add_build(sub) -> None:
     p.add_argument("--quantize", choices=["nf4", "bf16"],
                    help="base weights format (default: nf4 when every adapter was trained on an NF4 base, "
                         "as QLoRA adapters are; else bf16)")
-    p.add_argument("--adapters-dir", type=Path, default=DEFAULT_ADAPTERS_DIR, help="where adapters live "
+    p.add_argument("--adapters-dir", type=Path, default=adapters_dir(), help="where adapters live "
                                                                                    "(default: model_artifacts/adapters)")
     p.add_argument("--out", type=Path, default=Path("dist"), help="output folder (default: dist/)")
     p.add_argument("--name", help="artifact name, i.e. the folder under --out (default: the first adapter)")

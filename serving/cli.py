@@ -2,36 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
-
-
-def unpack_artifact(path: str) -> str:
-    """A model.tar.gz is unpacked (as SageMaker does into /opt/ml/model) once per archive content."""
-    if Path(path).is_dir():
-        return path
-    if not tarfile.is_tarfile(path):
-        raise SystemExit(f"--model-dir {path}: neither a directory nor a model.tar.gz")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    target = Path(tempfile.gettempdir()) / f"taskrouter-model-{digest.hexdigest()[:16]}"
-    if not target.is_dir():
-        partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
-        print(f"taskrouter: unpacking {path} into {target}", file=sys.stderr)
-        with tarfile.open(path) as tar:
-            tar.extractall(partial, filter="data")
-        try:
-            partial.rename(target)
-        except OSError:  # another process unpacked the same archive first
-            shutil.rmtree(partial)
-    return str(target)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    model_dir = unpack_artifact(args.model_dir) if args.model_dir else None
+    from taskrouter.artifacts import unpack_artifact
+
+    try:
+        model_dir = str(unpack_artifact(args.model_dir)) if args.model_dir else None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--model-dir {exc}") from None
     env = {"TASKROUTER_PORT": str(args.port), "TASKROUTER_WORKERS": str(args.workers)}
     if model_dir:
         env["TASKROUTER_MODEL_DIR"] = model_dir
@@ -59,9 +37,9 @@ def run(args: argparse.Namespace) -> None:
         create_app(model_dir).run(host=args.host, port=args.port, threaded=True)
         return
     conf = Path(__file__).with_name("gunicorn_conf.py")
-    gunicorn = shutil.which("gunicorn") or sys.exit("gunicorn is not installed: pip install gunicorn")
-    os.execv(gunicorn, [gunicorn, "-c", str(conf), "--bind", f"{args.host}:{args.port}",
-                        "taskrouter.serving.app:app_from_env()"])
+    # gunicorn runs on this interpreter: a `gunicorn` script found on PATH may belong to another Python
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{args.host}:{args.port}",
+                              "taskrouter.serving.app:app_from_env()"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import ipaddress
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtest" / "locustfile.py"
-DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "sgd" / "dev.jsonl"
+from taskrouter.resources import locustfile, sample_bench
+
 MAX_USERS = 512
 MAX_SECONDS = 3600
 
@@ -77,8 +77,7 @@ def wait_ready(host: str, timeout: float) -> None:
 
 
 def locust_command(args: argparse.Namespace, seconds: int, prefix: Path, html: Path) -> list[str]:
-    locust = shutil.which("locust") or sys.exit("locust is not installed: pip install locust")
-    return [locust, "-f", str(LOCUSTFILE), "--headless", "--host", args.host,
+    return [sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "--host", args.host,
             "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
             "--run-time", f"{seconds}s", "--stop-timeout", "30", "--csv", str(prefix), "--html", str(html),
             "--only-summary", "--bench", str(args.bench), "--think-time", str(args.think_time)]
@@ -107,8 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=_users, default=16, help=f"concurrent simulated agents (1..{MAX_USERS}, default 16)")
     parser.add_argument("--duration", type=parse_duration, default=60, help="run time, e.g. 60s, 5m (default 60s, max 1h)")
     parser.add_argument("--host", default="http://127.0.0.1:8080", help="router URL (default http://127.0.0.1:8080)")
-    parser.add_argument("--bench", default=os.environ.get("TASKROUTER_BENCH", str(DEFAULT_BENCH)),
-                        help="router-bench JSONL whose conversations are replayed (default ../shared/data/sgd/dev.jsonl)")
+    parser.add_argument("--bench", default=os.environ.get("TASKROUTER_BENCH", str(sample_bench())),
+                        help="router-bench JSONL whose conversations are replayed (default: the sample bench "
+                             "shipped with taskrouter, 16 conversations)")
     parser.add_argument("--out", default="runs/loadtest", help="directory for the CSV files and report.html (default runs/loadtest)")
     parser.add_argument("--spawn-rate", type=float, help="users started per second (default: all at once)")
     parser.add_argument("--think-time", type=float, default=0.0, help="seconds a user waits between turns (default 0)")
@@ -117,6 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("locust") is None:  # run by this interpreter, so it must be installed here
+        raise SystemExit("taskrouter loadtest needs locust: pip install 'taskrouter[loadtest]'")
     if not args.allow_remote and not is_loopback(args.host):
         raise SystemExit(f"--host {args.host}: not a loopback address; pass --allow-remote to load-test another machine")
     if not Path(args.bench).is_file():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taskrouter.cli import build_parser, main
+from taskrouter.cli import main, parse_args
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
@@ -55,16 +55,26 @@ def test_soup_is_the_exact_mean_of_its_adapters_and_routes(tiny_dir, ingredients
         torch.testing.assert_close(soup[key], mean, rtol=1e-5, atol=1e-6)
 
     manifest = json.loads((out / "router.json").read_text())
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "library_name: peft" in card and manifest["average_command"] in card
     assert manifest["hyper_parameters"]["rank"] == 12 and manifest["hyper_parameters"]["history_tokens"] == 96
     assert "none_bias" not in manifest  # the soup's bias must be tuned again
     assert [a["train_command"] for a in manifest["average_of"]] == [f"taskrouter train --seed {i}" for i in range(3)]
-    again = build_parser().parse_args(shlex.split(manifest["average_command"])[1:])
+    again = parse_args(shlex.split(manifest["average_command"])[1:])
     assert again.adapter == [str(p) for p in ingredients] and again.out == str(out)
 
     router = Router(load_model(str(tiny_dir), {"soup": out}), default_adapter="soup")
     answer = router.route(parse_request({"messages": [{"role": "user", "content": "Recap the ACME meeting."}],
                                          "tasks": [{"name": "meeting_recap"}, {"name": "follow_up_email"}]}))
     assert answer.task in {"meeting_recap", "follow_up_email", "none"}
+
+
+def test_runs_of_other_scales_and_ranks_average_exactly(tiny_dir, ingredients, tmp_path):
+    other = make_adapter(tiny_dir, tmp_path / "scale", seed=5, r=2, alpha=16)
+    main(["average", "--adapter", str(ingredients[0]), "--adapter", str(other), "--out", str(tmp_path / "soup")])
+    each, soup = [merged(tiny_dir, p) for p in (ingredients[0], other)], merged(tiny_dir, tmp_path / "soup")
+    for key in soup:
+        torch.testing.assert_close(soup[key], (each[0][key] + each[1][key]) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_soup_may_overwrite_one_of_its_adapters(tiny_dir, ingredients, tmp_path):
@@ -83,9 +93,6 @@ def test_bad_adapters_are_named(tiny_dir, ingredients, tmp_path):
 
     with pytest.raises(SystemExit, match="at least two"):
         average(ingredients[0])
-    other_scale = make_adapter(tiny_dir, tmp_path / "scale", seed=5, alpha=16)
-    with pytest.raises(SystemExit, match=r"--adapter .*scale: LoRA scaling alpha/r = 16/4 differs"):
-        average(ingredients[0], other_scale)
     other_base = make_adapter(tiny_dir, tmp_path / "base", seed=6, base_model="gemma-3-270m")
     with pytest.raises(SystemExit, match=r"--adapter .*base: base_model 'gemma-3-270m' differs"):
         average(ingredients[0], other_base)

@@ -95,3 +95,36 @@ def test_sampling_is_seeded_and_nested(tmp_path):
     bench = load_bench(f"{path}@3", limit=10)
     assert bench.name == "sgd-dev" and len(bench.conversations) == 3 and bench.total == 50
     assert bench_name(tmp_path / "sales.jsonl") == "sales"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_scikit_learn_scores_equal_the_definitions(seed):
+    """The counts and ratios are the BENCH_FORMAT definitions, on random decisions with and without points."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 30)
+    gold = [rng.random() < rng.choice([0.0, 0.3, 1.0]) for _ in range(n)]
+    pred = [rng.random() < rng.choice([0.0, 0.5, 1.0]) for _ in range(n)]
+    tp = sum(g and p for g, p in zip(gold, pred))
+    fp = sum(p and not g for g, p in zip(gold, pred))
+    fn = sum(g and not p for g, p in zip(gold, pred))
+
+    def ratio(num, den):
+        return num / den if den else None
+
+    assert binary_scores(gold, pred) == {"tp": tp, "fp": fp, "fn": fn, "tn": n - tp - fp - fn,
+                                         "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+                                         "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def test_task_matrix_keeps_the_top_gold_classes_then_none_then_other():
+    from collections import Counter
+
+    from taskrouter.evaluation.plots import task_matrix
+
+    confusion = Counter({("a", "a"): 5, ("a", "b"): 2, ("b", "b"): 3, ("c", "none"): 1, ("none", "c"): 4,
+                         ("none", "none"): 6})
+    labels, matrix = task_matrix(confusion, top_n=2)
+    assert labels == ["a", "b", "none", "(other)"]
+    assert matrix.tolist() == [[5, 2, 0, 0], [0, 3, 0, 0], [0, 0, 6, 4], [0, 0, 1, 0]]

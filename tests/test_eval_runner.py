@@ -232,3 +232,21 @@ def test_the_report_splits_accuracy_by_trained_names_and_pairs_same_dialogues(ti
     assert pair["turns"] == 5 and 0.0 <= pair["changed"] <= 1.0
     report = (out / "report.md").read_text()
     assert "acc, unseen name" in report and "| mini | shuffled | a | 5 |" in report
+
+
+def test_every_config_loads_before_any_conversation_is_routed(bench_file, tmp_path):
+    """A config that fails to load (the embedding baseline without its extra) must fail the run before the
+    configs before it spend minutes routing predictions that would then be thrown away."""
+    first = ScriptedRouter(["none"] * 10)
+
+    class Pool:
+        def get(self, config):
+            if config.kind == "embedding":
+                raise RuntimeError("the embedding baseline needs sentence_transformers")
+            return first
+
+    configs = [EvalConfig(name="adapter"), EvalConfig(name="embedding", kind="embedding")]
+    with pytest.raises(RuntimeError, match="sentence_transformers"):
+        run_all([load_bench(str(bench_file), None, 0)], configs, tmp_path / "run", Pool(), progress=False)
+    assert first.seen == []
+    assert not list((tmp_path / "run").glob("predictions-*"))

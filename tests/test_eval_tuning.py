@@ -75,6 +75,7 @@ def test_tune_writes_the_bias_the_server_then_reproduces(tiny_dir, adapters, tmp
     assert tuned["turns"] == 8 and tuned["data"][0]["file"] == str(bench)
     assert tuned["task_accuracy"] >= tuned["task_accuracy_without"]
     assert manifest["prompt_format"] == "adapter"  # the rest of the manifest is kept
+    assert f"None bias {tuned['value']:+.1f}" in (adapters / "tiny-router" / "README.md").read_text()
     # the same turns evaluated through the Router with the written bias give the tuned accuracy
     out = tmp_path / "run"
     main(["eval", "--bench", str(bench), "--config", config, "--teacher-forcing", "--out", str(out)])

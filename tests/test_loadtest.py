@@ -2,10 +2,12 @@
 import argparse
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
+from taskrouter.resources import sample_bench
 from taskrouter.serving import loadtest
 
 CONVERSATION = {
@@ -88,3 +90,16 @@ def test_a_real_short_run_against_the_tiny_model(tiny_dir, tmp_path, capsys, mon
     assert (out / "report.html").stat().st_size > 0
     summary = loadtest.summarise(out / "locust_stats.csv")
     assert summary["requests"] >= 2 and summary["failures"] == 0
+
+
+def test_the_default_bench_ships_with_the_package():
+    assert Path(_parse([]).bench) == sample_bench() and sample_bench().is_file()
+
+
+def test_without_locust_it_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "locust" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"needs locust: pip install 'taskrouter\[loadtest\]'"):
+        loadtest.run(_parse([]))

@@ -1,8 +1,10 @@
-"""`taskrouter data review` in a real headless Chromium (Playwright): two reviewers at once, a SIGKILL, a restart."""
+"""`taskrouter data review` under gunicorn in a real headless Chromium (Playwright): two reviewers with their
+login links at once, a SIGKILL, a restart; keyboard labelling, the key help, a second review and its agreement."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,32 +36,36 @@ def conversation(i: int) -> dict:
 
 
 class ReviewServer:
-    """`data review` in its own process, so the test can SIGKILL it like a crash."""
+    """`data review` (gunicorn master + worker) in its own session, so the test can SIGKILL it like a crash."""
 
-    def __init__(self, data: Path, db: Path, log: Path):
+    def __init__(self, data: Path, db: Path, log: Path, *options: str):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.args = [sys.executable, "-m", "taskrouter.training.data_cli", "review", str(data), "--db", str(db),
-                     "--port", str(self.port)]
+                     "--port", str(self.port), *options]
         self.log, self.proc = log, None
 
     def start(self) -> "ReviewServer":
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                if requests.get(self.url + "api/progress", timeout=1).ok:
+                if requests.get(self.url, timeout=1).ok:
                     return self
             except requests.ConnectionError:
                 time.sleep(0.1)
         raise AssertionError(f"review server did not start: {self.log.read_text()}")
 
+    def link(self, name: str) -> str:
+        """The login link the server printed for a reviewer."""
+        return re.search(rf"  {name}: (http://\S+#token=\S+)", self.log.read_text()).group(1)
+
     def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)  # master and worker, as a crash of the service would
         assert self.proc.wait(10) == -signal.SIGKILL
 
 
@@ -75,13 +81,12 @@ def browser():
         browser.close()
 
 
-def open_reviewer(browser, url: str, name: str):
+def open_reviewer(browser, link: str, name: str):
     page = browser.new_context().new_page()
     page.set_default_timeout(15000)
-    page.goto(url)
-    page.fill("#name", name)
-    page.click("#start")
+    page.goto(link)
     page.wait_for_function("document.querySelector('#conv-id').textContent !== ''")
+    assert page.inner_text("#reviewer-name") == name and "#token" not in page.url
     return page
 
 
@@ -96,10 +101,12 @@ def wait_conversation(page, conv_id: str) -> None:
 def test_two_reviewers_crash_and_restart(browser, tmp_path):
     data, db = tmp_path / "synth.jsonl", tmp_path / "review.sqlite"
     data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(5)))
-    server = ReviewServer(data, db, tmp_path / "server.log").start()
+    server = ReviewServer(data, db, tmp_path / "server.log", "--reviewer", "ann", "--reviewer", "bob",
+                          "--second-review", "0").start()
+    assert requests.post(server.url + "api/claim", json={"reviewer": "ann"}).status_code == 401  # no token, no name
 
-    ann = open_reviewer(browser, server.url, "ann")
-    bob = open_reviewer(browser, server.url, "bob")
+    ann = open_reviewer(browser, server.link("ann"), "ann")
+    bob = open_reviewer(browser, server.link("bob"), "bob")
     assert ann.inner_text("#conv-id") == "c000" and bob.inner_text("#conv-id") == "c001"
     assert "Write a follow-up email to a prospect" in ann.inner_text("#tasks")
     assert "Please recap meeting number 0." in ann.inner_text("#messages")
@@ -125,6 +132,8 @@ def test_two_reviewers_crash_and_restart(browser, tmp_path):
     bob.wait_for_selector("#done", state="visible")
     assert "1 marked for later" in bob.inner_text("#done-text")
     assert bob.inner_text("#progress").startswith("3 of 5 decided")
+    assert bob.inner_text("#counts") == "decisions: ann 2 · bob 2"
+    assert bob.eval_on_selector("#bar", "b => [b.value, b.max]") == [3, 5]
     bob.screenshot(path=str(tmp_path / "bob-done.png"))
 
     server.kill()  # a crash: no shutdown, no flush
@@ -148,3 +157,50 @@ def test_two_reviewers_crash_and_restart(browser, tmp_path):
     assert records[0]["labels"] == conversation(0)["labels"]
     assert records[1]["labels"] == [{"turn": 0, "task": "follow_up_email", "event": "start"},
                                     {"turn": 2, "task": "meeting_recap", "event": "switch"}]
+
+
+def test_keyboard_labelling_help_and_a_second_review(browser, tmp_path):
+    from sklearn.metrics import cohen_kappa_score
+
+    data, db = tmp_path / "synth.jsonl", tmp_path / "review.sqlite"
+    data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(2)))
+    server = ReviewServer(data, db, tmp_path / "server.log", "--reviewer", "ann", "--reviewer", "bob",
+                          "--second-review", "1").start()
+    try:
+        ann = open_reviewer(browser, server.link("ann"), "ann")
+        ann.keyboard.press("?")
+        assert ann.is_visible("#help") and "the conversation itself is wrong" in ann.inner_text("#help")
+        ann.keyboard.press("Escape")
+        assert not ann.is_visible("#help")
+        ann.keyboard.press("e")  # change labels by keys alone: task 2 for the first message, none for the second
+        ann.keyboard.press("2")
+        ann.keyboard.press("0")
+        assert ann.locator("#labels .task select").evaluate_all("s => s.map(x => x.value)") == ["follow_up_email", ""]
+        assert ann.locator("#labels .event").all_inner_texts() == ["start", "end"]
+        ann.keyboard.press("s")
+        wait_saved(ann, "Saved c000: relabelled")
+        wait_conversation(ann, "c001")
+        ann.keyboard.press("c")
+        wait_saved(ann, "Saved c001: confirmed")
+        ann.wait_for_selector("#done", state="visible")
+
+        bob = open_reviewer(browser, server.link("bob"), "bob")  # gets ann's conversations to check, blind
+        wait_conversation(bob, "c000")
+        assert "second review" in bob.inner_text("#conv-meta")
+        assert bob.locator("#labels .task").all_inner_texts() == ["meeting_recap", "(none)"]
+        bob.keyboard.press("c")
+        wait_saved(bob, "Saved c000: confirmed")
+        wait_conversation(bob, "c001")
+        bob.keyboard.press("c")
+        wait_saved(bob, "Saved c001: confirmed")
+        bob.wait_for_selector("#done", state="visible")
+        kappa = cohen_kappa_score(["follow_up_email", "none", "meeting_recap", "none"],
+                                  ["meeting_recap", "none", "meeting_recap", "none"])
+        assert bob.inner_text("#counts") == f"decisions: ann 2 · bob 2 · 2 second reviews, κ {kappa:.2f} over 4 turns"
+        bob.screenshot(path=str(tmp_path / "bob-second.png"))
+    finally:
+        server.kill()
+    printed = subprocess.run([sys.executable, "-m", "taskrouter.training.data_cli", "export", "--db", str(db),
+                              "--out", str(tmp_path / "validated.jsonl")], capture_output=True, text=True,
+                             check=True).stdout
+    assert "wrote 2 conversations" in printed and f"Cohen's kappa {kappa:.2f}" in printed

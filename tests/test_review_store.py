@@ -154,19 +154,20 @@ def test_decisions_survive_reopening_and_back_navigation(store):
         "status": "relabelled", "reviewer": "ann",
         "labels": [{"turn": 0, "task": "follow_up_email", "event": "start"},
                    {"turn": 2, "task": "follow_up_email", "event": "continue"}]}
-    assert reopened.progress() | {"in_review": 0} == {"confirmed": 0, "relabelled": 1, "later": 0, "wrong": 1,
-                                                      "total": 5, "decided": 2, "in_review": 0}
+    progress = reopened.progress()
+    assert {k: progress[k] for k in ("confirmed", "relabelled", "later", "wrong", "total", "decided", "by_reviewer")} \
+        == {"confirmed": 0, "relabelled": 1, "later": 0, "wrong": 1, "total": 5, "decided": 2, "by_reviewer": {"ann": 2}}
     back = reopened.back("ann", third["id"])
     assert back["id"] == second["id"] and back["status"] == "wrong"
     back = reopened.back("ann", back["id"])
     assert back["id"] == first["id"] and back["labels"][1]["task"] == "follow_up_email"
     assert back["original_labels"][1]["task"] is None
     assert reopened.back("ann", first["id"]) is None
-    assert reopened.decide("ann", first["id"], "confirm", [t["task"] for t in back["original_labels"]]) == "confirmed"
     with pytest.raises(ValueError, match=r"tasks\[0\]: 'book_flight' is not in"):
         reopened.decide("ann", first["id"], "relabel", ["book_flight", None])
     with pytest.raises(ValueError, match="tasks: 1 given for 2 user messages"):
         reopened.decide("ann", first["id"], "relabel", [None])
+    assert reopened.decide("ann", first["id"], "confirm", [t["task"] for t in back["original_labels"]]) == "confirmed"
 
 
 def test_export_writes_confirmed_and_relabelled_only(store, tmp_path, capsys):
@@ -192,18 +193,89 @@ def test_export_writes_confirmed_and_relabelled_only(store, tmp_path, capsys):
 
 def test_http_api(store):
     client = create_app(store).test_client()
+    ann_auth = {"Authorization": f"Bearer {store.add_reviewer('ann')}"}
+    bob_auth = {"Authorization": f"Bearer {store.add_reviewer('bob')}"}
     assert "taskrouter review" in client.get("/").get_data(as_text=True)
-    assert client.post("/api/claim", json={}).get_json()["error"]["message"].startswith("reviewer:")
-    ann = client.post("/api/claim", json={"reviewer": "ann"}).get_json()
-    bob = client.post("/api/claim", json={"reviewer": "bob"}).get_json()
+    for headers in ({}, {"Authorization": "Bearer forged"}):  # a name in the body is no identity
+        res = client.post("/api/claim", json={"reviewer": "ann"}, headers=headers)
+        assert res.status_code == 401 and res.get_json()["error"]["message"].startswith("token:")
+    assert client.get("/api/whoami", headers=ann_auth).get_json()["reviewer"] == "ann"
+    ann = client.post("/api/claim", json={}, headers=ann_auth).get_json()
+    bob = client.post("/api/claim", json={"reviewer": "ann"}, headers=bob_auth).get_json()
     assert ann["item"]["id"] != bob["item"]["id"] and ann["progress"]["in_review"] == 1
-    stolen = client.post("/api/decide", json={"reviewer": "bob", "id": ann["item"]["id"], "action": "confirm"})
+    stolen = client.post("/api/decide", json={"reviewer": "ann", "id": ann["item"]["id"], "action": "confirm"},
+                         headers=bob_auth)
     assert stolen.status_code == 409
-    bad = client.post("/api/decide", json={"reviewer": "ann", "id": ann["item"]["id"], "action": "maybe"})
+    bad = client.post("/api/decide", json={"id": ann["item"]["id"], "action": "maybe"}, headers=ann_auth)
     assert bad.status_code == 400 and "action" in bad.get_json()["error"]["message"]
-    missing = client.post("/api/decide", json={"reviewer": "ann", "id": "nope", "action": "confirm"})
+    missing = client.post("/api/decide", json={"id": "nope", "action": "confirm"}, headers=ann_auth)
     assert missing.status_code == 404
-    done = client.post("/api/decide", json={"reviewer": "ann", "id": ann["item"]["id"], "action": "relabel",
-                                            "tasks": ["follow_up_email", None]}).get_json()
+    done = client.post("/api/decide", json={"id": ann["item"]["id"], "action": "relabel",
+                                            "tasks": ["follow_up_email", None]}, headers=ann_auth).get_json()
     assert done["status"] == "relabelled" and done["progress"]["decided"] == 1
-    assert client.post("/api/heartbeat", json={"reviewer": "bob", "id": bob["item"]["id"]}).get_json()["held"]
+    assert done["progress"]["by_reviewer"] == {"ann": 1}
+    assert client.post("/api/heartbeat", json={"id": bob["item"]["id"]}, headers=bob_auth).get_json()["held"]
+
+
+def test_tokens_name_reviewers_and_are_stored_hashed(store):
+    token = store.add_reviewer("ann")
+    assert store.reviewer_for(token) == "ann" and store.reviewer_for(token + "x") is None
+    assert store.add_reviewer("ann") is None  # shown once; a lost token is replaced on demand
+    fresh = store.add_reviewer("ann", new_token=True)
+    assert store.reviewer_for(fresh) == "ann" and store.reviewer_for(token) is None
+    assert token not in Path(store.path).read_bytes().decode("latin-1")
+
+
+def test_only_the_lease_holder_decides(store):
+    """A made-up name can neither decide a conversation nobody leased nor overwrite a finished decision."""
+    item = store.claim("ann")
+    with pytest.raises(Conflict, match="being reviewed by ann"):
+        store.decide("mallory", item["id"], "wrong")
+    with pytest.raises(Conflict, match="not leased to mallory"):
+        store.decide("mallory", "c004", "wrong")
+    store.decide("ann", item["id"], "confirm")
+    with pytest.raises(Conflict, match="not leased to mallory"):
+        store.decide("mallory", item["id"], "wrong")
+    assert store.decision(item["id"])["status"] == "confirmed"
+
+
+def test_second_review_of_a_sample_and_its_agreement(tmp_path):
+    store = ReviewStore(tmp_path / "review.sqlite", second_share=1.0)  # every kept conversation is checked
+    store.import_file(bench_file(tmp_path / "synth.jsonl", 3))
+    for _ in range(3):
+        item = store.claim("ann")
+        tasks = [label["task"] for label in item["labels"]]
+        store.decide("ann", item["id"], "confirm", tasks if item["id"] != "c001" else ["follow_up_email", None])
+    assert store.claim("ann") is None  # nobody reviews their own conversation twice
+    seen = []
+    while (item := store.claim("bob")) is not None:
+        assert item["second_review"] and item["status"] is None
+        assert item["labels"] == item["original_labels"]  # the first reviewer's labels stay hidden
+        seen.append(item["id"])
+        store.decide("bob", item["id"], "confirm" if item["id"] != "c002" else "relabel",
+                     None if item["id"] != "c002" else ["meeting_recap", "meeting_recap"])
+    assert seen == ["c000", "c001", "c002"]
+    assert store.decision("c001")["reviewer"] == "ann"  # the second review never replaces the first
+    agreement = store.agreement()
+    first = ["meeting_recap", "none", "follow_up_email", "none", "meeting_recap", "none"]
+    second = ["meeting_recap", "none", "meeting_recap", "none", "meeting_recap", "meeting_recap"]
+    from sklearn.metrics import cohen_kappa_score
+
+    assert agreement == {"second_reviews": 3, "same_status": pytest.approx(1 / 3), "turns": 6,
+                         "same_task": pytest.approx(4 / 6), "kappa": pytest.approx(cohen_kappa_score(first, second))}
+    assert store.progress()["by_reviewer"] == {"ann": 3, "bob": 3}
+
+
+def test_every_bad_input_is_a_json_error(store):
+    token = store.add_reviewer("ann")
+    client = create_app(store).test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    item = client.post("/api/claim", json={}, headers=auth).get_json()["item"]
+    for body, field in (({"id": item["id"], "action": "relabel", "tasks": [[], [], []]}, "tasks[0]"),
+                        ({"id": item["id"], "action": "relabel", "tasks": "x"}, "tasks"),
+                        ({"id": ["x"], "action": "confirm"}, "id"), ({"id": item["id"], "action": 3}, "action")):
+        res = client.post("/api/decide", json=body, headers=auth)
+        assert res.status_code == 400 and res.get_json()["error"]["message"].startswith(field), body
+    for res in (client.post("/api/claim", data="not json", headers=auth), client.get("/api/nowhere", headers=auth),
+                client.get("/api/claim", headers=auth), client.post("/api/claim", json={"pool": 1}, headers=auth)):
+        assert res.status_code in (400, 404, 405) and res.is_json and "error" in res.get_json()

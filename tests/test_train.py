@@ -9,7 +9,7 @@ import boto3
 import pytest
 import torch
 
-from taskrouter.cli import build_parser, main
+from taskrouter.cli import main, parse_args
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
@@ -69,7 +69,10 @@ def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data
     assert manifest["training"]["optimizer_steps"] == 3
     assert manifest["training_data"]["examples"]["by_event"] == {"start": 3}
     assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
-    again = build_parser().parse_args(shlex.split(manifest["train_command"])[1:])
+    card = (out / "README.md").read_text()  # the model card, not peft's generic one
+    assert card.startswith("---\nbase_model: tiny-gemma3\nlibrary_name: peft\n")
+    assert manifest["train_command"] in card and f"| `{data}` | 1 |" in card
+    again = parse_args(shlex.split(manifest["train_command"])[1:])
     assert again.rank == 8 and again.augment == "wrong_current=0.5"
     assert again.closed_loop == manifest["training_data"]["closed_loop"] == [str(predictions(tmp_path))]
     assert manifest["hyper_parameters"]["augment"]["wrong_current"] == 0.5
@@ -87,7 +90,7 @@ def test_the_prompt_format_is_trained_recorded_and_replayed(tiny_dir, data, tmp_
     manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 1, "--prompt-format",
                      "adapter-v2")
     assert manifest["prompt_format"] == "adapter-v2"
-    assert build_parser().parse_args(shlex.split(manifest["train_command"])[1:]).prompt_format == "adapter-v2"
+    assert parse_args(shlex.split(manifest["train_command"])[1:]).prompt_format == "adapter-v2"
     tokenizer = load_model(str(tiny_dir)).tokenizer
     packs = sample_packs(tokenizer, [str(data)], 1, {"start": 1}, 0, 96, prompt_format="adapter-v2")
     head = tokenizer.decode(packs[0].head)
@@ -153,7 +156,7 @@ def test_falcon7b_manifest_holds_the_gpu_command():
     folder = ROOT / "model_artifacts" / "adapters" / "falcon7b-qlora"
     manifest = json.loads((folder / "router.json").read_text())
     assert manifest["base_model"] == "tiiuae/falcon-7b" and manifest["quantization"] == "nf4"
-    args = build_parser().parse_args(shlex.split(manifest["train_command"])[1:])
+    args = parse_args(shlex.split(manifest["train_command"])[1:])
     assert args.base == "tiiuae/falcon-7b" and args.target_modules == "query_key_value"
     assert Path(args.out).name == "falcon7b-qlora"
     assert manifest["train_command"] in (folder / "README.md").read_text()

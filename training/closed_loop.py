@@ -1,9 +1,9 @@
 """Closed-loop (DAgger) training data: conversations replayed with the current tasks a router really sent.
 
 In a live conversation a request's current task is the router's own previous answer. An adapter
-trained only on gold current tasks has never seen a wrong one, and on SGD dev it kept a wrong
-answer on 58% of the turns after one (teacher-forced 0.914 vs closed-loop 0.855 task accuracy on
-the same 1,331 turns). `taskrouter eval` on training conversations records what the router
+trained only on gold current tasks has never seen a wrong one, so after a mistake it tends to
+keep it (the teacher-forced vs closed-loop gap: docs/experiments.md). `taskrouter eval` on
+training conversations records what the router
 answered; here those conversations become training records whose turns carry the router's
 previous answer as the current task and the gold task as the answer, so the adapter learns from
 the states it actually visits (DAgger: Ross, Gordon & Bagnell, 2011).

@@ -2,7 +2,7 @@
 the browser (review), and the checked ones are written out as router-bench JSONL (export).
 
   taskrouter data generate --tasks tasks.json --n 200 --teacher https://host/v1 --model NAME --out synth.jsonl
-  taskrouter data review synth.jsonl --db review.sqlite --port 8090
+  taskrouter data review synth.jsonl --db review.sqlite --port 8090 --reviewer ann --reviewer bob
   taskrouter data export --db review.sqlite --out validated.jsonl
   taskrouter data check drafts/*.jsonl --out checked.jsonl       (conversations written by hand or by agents)
   taskrouter data reword dev.jsonl --map map.json --out dev-reworded.jsonl    (a twin to measure robustness)
@@ -44,21 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--max-retries", type=int, default=5, help="HTTP retries on 429/5xx/timeouts (default 5)")
     gen.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
     gen.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout per request in seconds")
-    gen.add_argument("--temperature", type=float, default=0.9)
+    gen.add_argument("--temperature", type=float, default=0.9, help="teacher sampling temperature (default 0.9)")
     gen.add_argument("--max-tokens", type=int, default=1500, help="longest teacher reply in tokens")
     gen.add_argument("--show-prompt", action="store_true",
                      help="print the teacher chat of the first conversation slot and exit (no teacher call)")
     gen.set_defaults(data_run=run_generate)
 
     rev = sub.add_parser("review", help="serve the team review web app on a router-bench file",
-                         description="Reviewers open the page, enter a name and each gets a conversation no one "
-                         "else holds. Every decision is stored in the SQLite database at once.")
+                         description="Each --reviewer gets a login link (printed once); reviewers open it and "
+                         "each gets a conversation no one else holds. Every decision is stored in the SQLite "
+                         "database at once; a sample of decided conversations goes to a second reviewer, and "
+                         "the page reports how the two agree (Cohen's kappa). Served by gunicorn.")
     rev.add_argument("file", help="router-bench JSONL to review (imported into --db; rerunning adds nothing twice)")
     rev.add_argument("--db", required=True, help="SQLite database of the review (created if missing)")
-    rev.add_argument("--port", type=int, default=8090)
+    rev.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     rev.add_argument("--host", default="127.0.0.1", help="listening address (0.0.0.0 for the whole team's network)")
     rev.add_argument("--lease-minutes", type=float, default=15.0,
                      help="a conversation open in a tab is held this long without activity (default 15)")
+    rev.add_argument("--reviewer", action="append", default=[], metavar="NAME",
+                     help="add a reviewer and print their login link (repeatable; once per name, kept in --db)")
+    rev.add_argument("--new-token", action="append", default=[], metavar="NAME",
+                     help="replace a reviewer's lost login link (repeatable)")
+    rev.add_argument("--second-review", type=float, default=0.1, metavar="SHARE",
+                     help="share of decided conversations that a second reviewer checks (default 0.1; 0 turns "
+                          "second reviews off)")
+    rev.add_argument("--threads", type=int, default=8, help="gunicorn threads serving reviewers (default 8)")
     rev.set_defaults(data_run=run_review)
 
     chk = sub.add_parser("check", help="check written conversations and keep those that pass",
@@ -134,22 +144,47 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_review(args: argparse.Namespace) -> None:
-    """`data review`: import the file into the database and serve the web app."""
-    from werkzeug.serving import run_simple
-
+    """`data review`: import the file, issue reviewers' links, and serve the web app with gunicorn."""
     from .review import create_app
     from .review_store import ReviewStore
 
-    store = ReviewStore(args.db, lease_seconds=args.lease_minutes * 60)
+    if not 0.0 <= args.second_review <= 1.0:
+        sys.exit(f"--second-review {args.second_review}: a share between 0 and 1")
+    store = ReviewStore(args.db, lease_seconds=args.lease_minutes * 60, second_share=args.second_review)
     try:
         added = store.import_file(args.file)
+        tokens = {name: store.add_reviewer(name) for name in args.reviewer}
+        tokens.update({name: store.add_reviewer(name, new_token=True) for name in args.new_token})
     except (OSError, ValueError) as exc:
         sys.exit(str(exc))
+    if not store.reviewers():
+        sys.exit("--reviewer: name at least one reviewer (each gets a login link)")
     progress = store.progress()
     print(f"{args.db}: {progress['total']} conversations ({added} new from {args.file}), "
-          f"{progress['decided']} decided", flush=True)
-    print(f"review at http://{args.host}:{args.port}/", flush=True)
-    run_simple(args.host, args.port, create_app(store), threaded=True)
+          f"{progress['decided']} decided; reviewers: {', '.join(store.reviewers())}", flush=True)
+    for name, token in tokens.items():
+        print(f"  {name}: http://{args.host}:{args.port}/#token={token}" if token else
+              f"  {name}: has a login link already (--new-token {name} replaces it)", flush=True)
+    serve(create_app(store), args.host, args.port, args.threads)
+
+
+def serve(app, host: str, port: int, threads: int) -> None:
+    """Run a WSGI app under gunicorn in this process (one worker: the store is one SQLite file)."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            options = {"bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": threads,
+                       "accesslog": "-", "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(L)ss',
+                       "control_socket_disable": True}
+            for key, value in options.items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Server().run()
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -191,6 +226,12 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"wrote {counts['written']} conversations to {args.out} ({counts['confirmed']} confirmed, "
           f"{counts['relabelled']} relabelled; skipped {counts['wrong']} wrong, {counts['later']} marked for later, "
           f"{counts['undecided']} undecided)")
+    agreement = ReviewStore(args.db).agreement()
+    if agreement["second_reviews"]:
+        kappa = "n/a" if agreement["kappa"] is None else f"{agreement['kappa']:.2f}"
+        same_task = "n/a" if agreement["same_task"] is None else f"{agreement['same_task']:.2f}"
+        print(f"second reviews: {agreement['second_reviews']}, same decision {agreement['same_status']:.2f}; "
+              f"over {agreement['turns']} turns both kept: same task {same_task}, Cohen's kappa {kappa}")
 
 
 def main(argv: list[str] | None = None) -> None:

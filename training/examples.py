@@ -10,7 +10,7 @@ runs a whole pack in one forward pass with tree attention (every example sees th
 head and itself), which is why packs exist: the head (~170 tokens on SGD)
 outweighs the conversation an adapter keeps after it (`--history-tokens`, 96 by
 default), so sharing it makes training cheaper for the same gradients
-(`taskrouter bench train --samples 60` measured 1.87x, see README).
+(`taskrouter bench train` measures the gain: docs/performance.md).
 Augmentation is per pack (task order shuffled, distractors dropped, one task
 removed so its turns become none, names rewritten in one style; opt-in: a name's
 leading verb swapped, every name restyled on its own - abbreviated, reordered, an

@@ -1,21 +1,28 @@
 """The team review web app: one HTML page plus a small JSON API over the SQLite review store.
 
-Reviewers identify by name (kept in the browser); each POST is one store
-transaction, so the page holds no state the server has not saved.
+Each reviewer logs in with the token `taskrouter data review --reviewer NAME` issued them; the
+page sends it as `Authorization: Bearer TOKEN` and the server knows the reviewer from it alone,
+so nobody can act under another name on a shared server. Each POST is one store transaction,
+so the page holds no state the server has not saved. Every error is a JSON body.
 """
 from __future__ import annotations
 
 from importlib.resources import files
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from .review_store import Conflict, ReviewStore
 
 PAGE = files(__package__).joinpath("review_page.html").read_text(encoding="utf-8")
 
 
+class Unauthorized(Exception):
+    """No token, or one no reviewer holds."""
+
+
 def create_app(store: ReviewStore) -> Flask:
-    """A Flask app serving the page and /api/{claim,back,decide,heartbeat,progress} on `store`."""
+    """A Flask app serving the page and /api/{whoami,claim,back,decide,heartbeat,progress} on `store`."""
     app = Flask(__name__)
 
     def fail(code: str, message: str, status: int):
@@ -25,11 +32,25 @@ def create_app(store: ReviewStore) -> Flask:
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
             raise ValueError("body: expected a JSON object")
-        reviewer = data.get("reviewer")
-        if not isinstance(reviewer, str) or not reviewer.strip():
-            raise ValueError("reviewer: enter your name")
-        data["reviewer"] = reviewer.strip()[:80]
         return data
+
+    def conversation_id(data: dict) -> str:
+        if not isinstance(data.get("id"), str):
+            raise ValueError("id: the conversation id (a string) is required")
+        return data["id"]
+
+    @app.before_request
+    def identify():
+        if request.path.startswith("/api/"):
+            auth = request.headers.get("Authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            g.reviewer = store.reviewer_for(token) if token else None
+            if g.reviewer is None:
+                raise Unauthorized("token: log in with the link `taskrouter data review --reviewer NAME` printed")
+
+    @app.errorhandler(Unauthorized)
+    def unauthorized(exc: Unauthorized):
+        return fail("unauthorized", str(exc), 401)
 
     @app.errorhandler(ValueError)
     def bad_request(exc: ValueError):
@@ -43,9 +64,22 @@ def create_app(store: ReviewStore) -> Flask:
     def not_found(exc: KeyError):
         return fail("not_found", str(exc.args[0]), 404)
 
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return fail(exc.name.lower().replace(" ", "_"), exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal(exc: Exception):
+        app.logger.exception("review API error")
+        return fail("internal_error", f"the server failed ({type(exc).__name__}); your saved decisions are safe", 500)
+
     @app.get("/")
     def page():
         return PAGE, 200, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+
+    @app.get("/api/whoami")
+    def whoami():
+        return jsonify({"reviewer": g.reviewer, "progress": store.progress()})
 
     @app.get("/api/progress")
     def progress():
@@ -53,28 +87,28 @@ def create_app(store: ReviewStore) -> Flask:
 
     @app.post("/api/claim")
     def claim():
-        data = body()
-        pool = data.get("pool", "new")
+        pool = body().get("pool", "new")
         if pool not in ("new", "later"):
             raise ValueError("pool: must be 'new' or 'later'")
-        return jsonify({"item": store.claim(data["reviewer"], pool), "progress": store.progress()})
+        return jsonify({"item": store.claim(g.reviewer, pool), "progress": store.progress()})
 
     @app.post("/api/back")
     def back():
-        data = body()
-        return jsonify({"item": store.back(data["reviewer"], data.get("id")), "progress": store.progress()})
+        current = body().get("id")
+        return jsonify({"item": store.back(g.reviewer, current if isinstance(current, str) else None),
+                        "progress": store.progress()})
 
     @app.post("/api/decide")
     def decide():
         data = body()
-        if not isinstance(data.get("id"), str):
-            raise ValueError("id: the conversation id is required")
-        status = store.decide(data["reviewer"], data["id"], data.get("action", ""), data.get("tasks"))
+        conv_id = conversation_id(data)
+        if not isinstance(data.get("action"), str):
+            raise ValueError("action: one of confirm, relabel, later, wrong is required")
+        status = store.decide(g.reviewer, conv_id, data["action"], data.get("tasks"))
         return jsonify({"status": status, "progress": store.progress()})
 
     @app.post("/api/heartbeat")
     def heartbeat():
-        data = body()
-        return jsonify({"held": store.renew(data["reviewer"], str(data.get("id"))), "progress": store.progress()})
+        return jsonify({"held": store.renew(g.reviewer, conversation_id(body())), "progress": store.progress()})
 
     return app

@@ -11,8 +11,8 @@ LoRA trains on a float32 base. Checkpoints are written as training goes and
 hyper-parameters, dev accuracy, and the command that produced it).
 
 The default adapter of the embedded model is the mean (`taskrouter average`) of
-runs like `taskrouter train --base embedded --data ../shared/data/sgd/train.jsonl
---data ../shared/data/clinc150/train.jsonl --out model_artifacts/adapters/my-router
+runs like `taskrouter train --base embedded --data data/sgd/train.jsonl
+--data data/clinc150/train.jsonl --out model_artifacts/adapters/my-router
 --time-budget 40`; every run's exact command is in that folder's router.json.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from taskrouter.scorer import softcap
 from taskrouter.treeattention import tree_inputs
 
 from .examples import DEFAULT_BALANCE, EVENTS, IGNORE, Augment, Pack, file_source, sample_packs, source_of, summarize
+from .model_card import write_model_card
 from .records import parse_shares
 
 CHECKPOINTS = "checkpoints"
@@ -379,9 +380,11 @@ def train(args: argparse.Namespace) -> dict:
         "train_command": command_line(args),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_model_card(out, manifest)
     if args.dev:  # the router reads the manifest, so the dev check runs on the saved adapter
         manifest["dev_metrics"] = dev_metrics(args.base, out, manifest["name"], args.dev, args.dev_turns)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_model_card(out, manifest)
     return manifest
 
 
@@ -393,8 +396,7 @@ def save_adapter(model, out: Path, base_name: str) -> None:
             param.data = param.data.to(torch.bfloat16)
     for config in model.peft_config.values():
         config.base_model_name_or_path = base_name
-    model.save_pretrained(out, save_embedding_layers=False)
-    (out / "README.md").unlink(missing_ok=True)  # peft's generic model card; router.json documents the adapter
+    model.save_pretrained(out, save_embedding_layers=False)  # its generic README.md is replaced by our model card
 
 
 def dev_metrics(base: str, adapter_dir: Path, name: str, files: list[str], n_turns: int) -> dict:

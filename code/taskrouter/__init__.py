@@ -2,7 +2,8 @@
 from .events import event_for
 from .schema import RequestError, RouteAnswer, RouteRequest, parse_request
 
-__all__ = ["Router", "load_model", "event_for", "parse_request", "RouteRequest", "RouteAnswer", "RequestError"]
+__version__ = "0.1.0"  # the one place the version is set (pyproject reads it)
+__all__ = ["__version__", "Router", "load_model", "event_for", "parse_request", "RouteRequest", "RouteAnswer", "RequestError"]
 
 
 def __getattr__(name: str):

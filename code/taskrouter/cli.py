@@ -1,7 +1,8 @@
 """`taskrouter` command line: each subcommand lives in the module of its feature.
 
-Modules outside the core (serving, evaluation, training, packaging) are absent
-from a SageMaker artifact's code/, so they are registered only when importable.
+Only the chosen subcommand's module is imported (several import torch, which takes seconds), so
+`taskrouter --help` and `--version` answer at once. Modules outside the core (serving, evaluation,
+training, packaging) are absent from a SageMaker artifact's code/: choosing one there says so.
 """
 from __future__ import annotations
 
@@ -25,14 +26,22 @@ COMMANDS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", required=True, help="JSON file: a list of {name, description}")
-    parser.add_argument("--conversation", required=True, help="JSON file: a list of {role, content} messages")
-    parser.add_argument("--current-task", help="the task the client considers active")
-    parser.add_argument("--strategy", choices=["zero_shot", "few_shot_cot", "react", "adapter"])
-    parser.add_argument("--decoding", choices=["constrained", "free"], default="constrained")
-    parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model)")
-    parser.add_argument("--adapter", help="adapter name (default: the model's default adapter)")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--tasks", required=True,
+                        help='JSON file: a list of {"name", "description"} (or {"tasks": [...]})')
+    parser.add_argument("--conversation", required=True,
+                        help='JSON file: a list of {"role", "content"} messages ending with the user\'s '
+                             '(or {"messages": [...]})')
+    parser.add_argument("--current-task", help="the task the client considers active (default: none)")
+    parser.add_argument("--strategy", choices=["zero_shot", "few_shot_cot", "react", "adapter"],
+                        help="prompt strategy (default: adapter when an adapter is loaded, else zero_shot)")
+    parser.add_argument("--decoding", choices=["constrained", "free"], default="constrained",
+                        help="constrained: the answer is always a listed name or none (default); free: parse "
+                             "unconstrained text, as the evaluation's free-decoding configs do")
+    parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model with its shipped "
+                                            "adapter)")
+    parser.add_argument("--adapter", help="adapter name, or none for the bare base (default: the model's default "
+                                          "adapter)")
+    parser.add_argument("--top-k", type=int, default=3, help="candidates listed in the answer (default 3)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -63,24 +72,38 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"error: {exc.message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskrouter", description="Self-hosted LLM task router.")
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the arguments of the subcommand named in `argv` only (the others are listed)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="taskrouter", description="Self-hosted LLM task router: which task of "
+                                     "a dynamic list the user is doing now, or none. `taskrouter COMMAND --help` "
+                                     "explains each command.")
+    parser.add_argument("--version", action="version", version=f"taskrouter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((word for word in argv if not word.startswith("-")), None)
     for name, module_name, help_text in COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if not exc.name or not exc.name.startswith("taskrouter"):
                 raise
-            continue  # feature not shipped in this install (e.g. inside a SageMaker artifact)
-        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+            sys.exit(f"taskrouter {name}: not part of this install ({module_name} is missing)")
+        command.description = (module.__doc__ or help_text).strip()
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser(argv).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     args.run(args)
 
 

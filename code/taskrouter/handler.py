@@ -19,26 +19,12 @@ import torch
 
 from .batching import DEFAULT_BATCH
 from .embedded import EMBEDDED_NAME
-from .loading import DEFAULT_ADAPTERS_DIR, find_adapters, load_model, read_manifest
+from .loading import DEFAULT_ADAPTERS_DIR, adapters_for, base_name_of, load_model
 from .router import Router
 from .schema import Limits, RequestError, RouteAnswer, RouteRequest, parse_request
 
 log = logging.getLogger("taskrouter")
 JSON = "application/json"
-
-
-def _adapters_for(base_name: str, root: Path, names: list[str] | None) -> dict[str, Path]:
-    """Adapters under `root` trained for `base_name`; an explicitly named mismatch is an error."""
-    chosen = {}
-    for name, path in find_adapters(root, names).items():
-        base = read_manifest(path).get("base_model")
-        if base == base_name:
-            chosen[name] = path
-        elif names:
-            raise ValueError(f"adapter {name} was trained for {base!r}, not for the base {base_name!r}")
-        else:
-            log.info("skipping adapter %s: trained for %s, not %s", name, base, base_name)
-    return chosen
 
 
 def model_fn(model_dir: str | None, context=None) -> Router:
@@ -47,13 +33,11 @@ def model_fn(model_dir: str | None, context=None) -> Router:
     names = [n for n in os.environ.get("TASKROUTER_ADAPTERS", "").split(",") if n] or None
     model_dir = Path(model_dir) if model_dir else None
     if model_dir is not None and (model_dir / "config.json").exists():
-        base, adapters_root = str(model_dir), model_dir / "adapters"
-        base_name = json.loads((model_dir / "taskrouter.json").read_text())["base_model"] \
-            if (model_dir / "taskrouter.json").exists() else model_dir.name
+        base, adapters_root, base_name = str(model_dir), model_dir / "adapters", base_name_of(model_dir)
     else:
         base, adapters_root = None, Path(os.environ.get("TASKROUTER_ADAPTERS_DIR", DEFAULT_ADAPTERS_DIR))
         base_name = EMBEDDED_NAME
-    adapters = _adapters_for(base_name, adapters_root, names)
+    adapters = adapters_for(base_name, adapters_root, names)
     loaded = load_model(base, adapters, dtype=os.environ.get("TASKROUTER_DTYPE", "auto"))
     loaded.name = base_name
     return Router(

@@ -1,25 +1,30 @@
-"""Load the base model (local directory, hub id, or the embedded default) and its LoRA adapters.
+"""Load the base model (the embedded default, an artifact or model folder, a hub id) and its LoRA adapters.
 
-On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting);
-on CPU in float32 by default: measured on this project's 2-core AVX2/FMA CPU,
-a 400-token prefill of Gemma 270M takes 1.0 s in float32 and 4.9 s in bfloat16
-(no native bf16 matmul), so bf16 is only chosen when asked (`dtype="bfloat16"`).
+Unless told otherwise, a base comes with the adapters that ship for it (the package's own for the
+embedded default, an artifact's `adapters/`), so every entry point routes as the server does.
+On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU in float32
+by default, because CPUs without native bf16 matmuls run bfloat16 several times slower
+(docs/performance.md); `dtype="bfloat16"` asks for it.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .artifacts import base_name_of
 from .embedded import EMBEDDED_NAME, ensure_embedded
+from .resources import adapters_dir
 from .treeattention import BLOCK_ATTENTION
 
+log = logging.getLogger("taskrouter")
 MANIFEST = "router.json"
-DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parents[2] / "model_artifacts" / "adapters"
+DEFAULT_ADAPTERS_DIR = adapters_dir()
 
 
 @dataclass
@@ -51,14 +56,18 @@ def read_manifest(adapter_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def is_embedded(source: str | Path | None) -> bool:
+    return source in (None, "", "embedded", EMBEDDED_NAME)
+
+
 def resolve_base(source: str | None) -> tuple[str, str]:
     """(path or hub id to load, display name) for a base model source."""
-    if source in (None, "", "embedded", EMBEDDED_NAME):
+    if is_embedded(source):
         return str(ensure_embedded()), EMBEDDED_NAME
     if Path(source).is_dir():
         if not (Path(source) / "config.json").exists():
             raise FileNotFoundError(f"{source} has no config.json: not a model directory")
-        return source, Path(source).name
+        return source, base_name_of(Path(source))
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"{source} is not a local directory and HF_HUB_OFFLINE=1 forbids the hub")
     return source, source
@@ -97,14 +106,30 @@ def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto"):
     return model, tokenizer, name, device, quantization
 
 
+def shipped_adapters(source: str | Path | None, names: list[str] | None = None) -> dict[str, Path]:
+    """The adapters that ship for a base (name -> folder): the package's own for the embedded default,
+    `adapters/` of an artifact or model folder, none for a hub id; `names` picks some of them."""
+    if is_embedded(source):
+        return adapters_for(EMBEDDED_NAME, DEFAULT_ADAPTERS_DIR, names)
+    if Path(source).is_dir():
+        return adapters_for(base_name_of(Path(source)), Path(source) / "adapters", names)
+    if names:
+        raise FileNotFoundError(f"adapter(s) {', '.join(names)}: a hub model ({source}) ships with none")
+    return {}
+
+
 def load_model(
     source: str | None = None,
     adapters: dict[str, Path] | None = None,
     dtype: str = "auto",
     quantize: str = "auto",
 ) -> LoadedModel:
-    """Load a base model and every adapter in `adapters` (name -> directory) with peft."""
+    """Load a base model and its adapters with peft: `adapters` (name -> folder), by default those
+    that ship for the base (`shipped_adapters`); `{}` for the bare base."""
+    adapters = shipped_adapters(source) if adapters is None else adapters
     model, tokenizer, name, device, quantization = load_base(source, dtype, quantize)
+    if not adapters:  # said at start: the bare base routes far worse than its adapter
+        log.warning("taskrouter: %s loaded without an adapter: requests route with the bare base model", name)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, quantization=quantization)
     for adapter_name, adapter_dir in (adapters or {}).items():
         manifest = read_manifest(adapter_dir)
@@ -118,6 +143,20 @@ def load_model(
         loaded.peft.eval()
         loaded.adapters[adapter_name] = manifest
     return loaded
+
+
+def adapters_for(base_name: str, root: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Adapters under `root` trained for `base_name`; an explicitly named mismatch is an error."""
+    chosen = {}
+    for name, path in find_adapters(root, names).items():
+        base = read_manifest(path).get("base_model")
+        if base == base_name:
+            chosen[name] = path
+        elif names:
+            raise ValueError(f"adapter {name} was trained for {base!r}, not for the base {base_name!r}")
+        else:
+            log.info("skipping adapter %s: trained for %s, not %s", name, base, base_name)
+    return chosen
 
 
 def find_adapters(root: Path | str | None, names: list[str] | None = None) -> dict[str, Path]:

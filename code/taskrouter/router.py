@@ -5,7 +5,8 @@ import itertools
 import re
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -13,9 +14,9 @@ from transformers import DynamicCache
 from .batching import DEFAULT_BATCH, MicroBatcher
 from .events import event_for
 from .kvcache import PrefixCache, join_spans, prefix_keys
-from .loading import LoadedModel
+from .loading import LoadedModel, is_embedded, load_model
 from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt
-from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
+from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest, parse_request
 from .scorer import Anchor, NameTrie, cache_kwargs, score_names, softcap
 from .treeattention import Layout, tree_inputs
 
@@ -63,12 +64,30 @@ class Router:
         self.batcher = MicroBatcher(self._route_batch, max_batch, batch_window_ms / 1000)
         self._tries: dict[tuple[str, ...], NameTrie] = {}
 
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, adapters: dict[str, Path] | None = None,
+                        dtype: str = "auto", **options: Any) -> "Router":
+        """A router on the embedded default (`None`) with its shipped adapter, on an artifact (its folder
+        or model.tar.gz) with its adapters, or on a model folder or hub id. `adapters` (name -> folder)
+        replaces the shipped ones (`{}`: the bare base); `options` go to `Router` (e.g. `max_batch`)."""
+        from .artifacts import unpack_artifact
+
+        if not is_embedded(source) and Path(source).exists():
+            source = str(unpack_artifact(source))
+        return cls(load_model(source, adapters, dtype=dtype), **options)
+
     @property
     def model_name(self) -> str:
         return self.loaded.name
 
-    def route(self, request: RouteRequest) -> RouteAnswer:
-        """Choose the task after the request's last user message; never a name outside the list."""
+    def route(self, request: RouteRequest | dict | None = None, /, **fields: Any) -> RouteAnswer:
+        """Choose the task after the request's last user message; never a name outside the list.
+
+        `request` is a `RouteRequest` or the JSON request as a dict; or give its fields as keywords:
+        `route(messages=[...], tasks=[...], current_task=...)`. Bad input raises `RequestError`.
+        """
+        if not isinstance(request, RouteRequest):
+            request = parse_request({**(request or {}), **fields})
         return self.batcher.submit(self._job(request))
 
     def _job(self, request: RouteRequest) -> _Job:

@@ -15,9 +15,8 @@ batch: with 8 requests laid end to end, every new token is scored against all 8
 cached prompts and 7 of them are masked away. Models that take transformers'
 attention interface (Gemma 3) run `block_attention` instead: one sdpa call per
 request, over only the keys that request may see. It pays when requests bring many
-new tokens (8 next-turn SGD requests whose history window moved: 2.83 s dense, 2.00 s
-in blocks); with few new tokens on cached conversations it breaks even
-(`taskrouter bench latency`: 0.97x).
+new tokens on top of their cached prefixes and breaks even when they bring few
+(figures and the commands behind them: docs/performance.md).
 """
 from __future__ import annotations
 

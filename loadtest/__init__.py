@@ -1,0 +1,1 @@
+"""taskrouter.loadtest (folder `loadtest/`): the Locust scenario `taskrouter loadtest` runs."""
