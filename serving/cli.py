@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import shutil
@@ -10,10 +12,21 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from taskrouter import settings
+
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core); the server's many
+# threads then grow RSS far past the model and the prefix cache. Two arenas keep it flat.
+ARENAS = "2"
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
 
 def unpack_artifact(path: str) -> str:
     """A model.tar.gz is unpacked (as SageMaker does into /opt/ml/model) once per archive content."""
+    if not Path(path).exists():
+        raise SystemExit(f"--model-dir {path}: no such file or directory")
     if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise SystemExit(f"--model-dir {path}: no model there (an unpacked artifact has config.json at its top)")
         return path
     if not tarfile.is_tarfile(path):
         raise SystemExit(f"--model-dir {path}: neither a directory nor a model.tar.gz")
@@ -34,34 +47,64 @@ def unpack_artifact(path: str) -> str:
     return str(target)
 
 
+def _bounded(flag: str, low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be between {low} and {high}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", help="an unpacked artifact or a model.tar.gz (default: the embedded Gemma 3 270M "
-                                            "with the adapters in model_artifacts/adapters)")
+                                            "with the shipped adapters)")
     parser.add_argument("--adapter", action="append", help="adapter name to load (repeatable; default: all that fit the base)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080, as SageMaker)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, each with its own model copy (default 1)")
+    parser.add_argument("--port", type=_bounded("--port", 1, 65535), help="port to listen on (default 8080, as "
+                                                                           "SageMaker; TASKROUTER_PORT)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                                       "interface, then set TASKROUTER_API_KEY)")
+    parser.add_argument("--workers", type=_bounded("--workers", 1, 64),
+                        help="gunicorn workers, each with its own model copy (default 1)")
     parser.add_argument("--dev", action="store_true", help="Flask's own single-process server instead of gunicorn")
 
 
+def limit_arenas() -> None:
+    """Cap glibc's malloc arenas for this process (when glibc is there) and for the gunicorn it execs."""
+    os.environ.setdefault("MALLOC_ARENA_MAX", ARENAS)
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "mallopt"):
+        ctypes.CDLL(libc).mallopt(M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
+
+
 def run(args: argparse.Namespace) -> None:
-    model_dir = unpack_artifact(args.model_dir) if args.model_dir else None
-    env = {"TASKROUTER_PORT": str(args.port), "TASKROUTER_WORKERS": str(args.workers)}
-    if model_dir:
-        env["TASKROUTER_MODEL_DIR"] = model_dir
+    env = {name: str(value) for name, value in (("TASKROUTER_PORT", args.port), ("TASKROUTER_HOST", args.host),
+                                                 ("TASKROUTER_WORKERS", args.workers)) if value is not None}
     if args.adapter:
         env["TASKROUTER_ADAPTERS"] = ",".join(args.adapter)
         env.setdefault("TASKROUTER_DEFAULT_ADAPTER", args.adapter[0])
     os.environ.update(env)
+    try:
+        config = settings.load()
+    except settings.SettingsError as exc:
+        raise SystemExit(f"serve: {exc}") from None
+    model_dir = args.model_dir or config.model_dir
+    if model_dir:
+        model_dir = os.environ["TASKROUTER_MODEL_DIR"] = unpack_artifact(model_dir)
+    limit_arenas()
     if args.dev:
         from .app import create_app
+        from .logs import configure
 
-        create_app(model_dir).run(host=args.host, port=args.port, threaded=True)
+        configure(config.log_level)
+        create_app(model_dir, config=config).run(host=config.host, port=config.port, threaded=True)
         return
     conf = Path(__file__).with_name("gunicorn_conf.py")
     gunicorn = shutil.which("gunicorn") or sys.exit("gunicorn is not installed: pip install gunicorn")
-    os.execv(gunicorn, [gunicorn, "-c", str(conf), "--bind", f"{args.host}:{args.port}",
-                        "taskrouter.serving.app:app_from_env()"])
+    os.execv(gunicorn, [gunicorn, "-c", str(conf), "taskrouter.serving.app:app_from_env()"])
 
 
 def main(argv: list[str] | None = None) -> None:
