@@ -102,9 +102,8 @@ def run(args: argparse.Namespace) -> None:
         configure(config.log_level)
         create_app(model_dir, config=config).run(host=config.host, port=config.port, threaded=True)
         return
-    conf = Path(__file__).with_name("gunicorn_conf.py")
-    gunicorn = shutil.which("gunicorn") or sys.exit("gunicorn is not installed: pip install gunicorn")
-    os.execv(gunicorn, [gunicorn, "-c", str(conf), "taskrouter.serving.app:app_from_env()"])
+    conf = Path(__file__).with_name("gunicorn_conf.py")  # gunicorn of this interpreter, beside taskrouter
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf), "taskrouter.serving.app:app_from_env()"])
 
 
 def main(argv: list[str] | None = None) -> None:

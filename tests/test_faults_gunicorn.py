@@ -65,8 +65,7 @@ def server(tiny_dir, tmp_path_factory):
     port = free_port()
     env = dict(os.environ, TASKROUTER_MODEL_DIR=str(tiny_dir), TEST_PID_DIR=str(pids), TASKROUTER_THREADS="1",
                TASKROUTER_GRACEFUL_TIMEOUT="20", HF_HUB_OFFLINE="1")
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    proc = subprocess.Popen([gunicorn, "-c", str(tmp / "conf.py"), "--bind", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(tmp / "conf.py"), "--bind", f"127.0.0.1:{port}",
                              "taskrouter.serving.app:app_from_env()"], env=env,
                             stdout=open(tmp / "log.txt", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
