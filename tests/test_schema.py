@@ -64,6 +64,8 @@ def test_valid_request_parses(request_payload):
     req = parse_request(request_payload)
     assert req.task_names == ["meeting_recap", "follow_up_email", "prepare_a_quote"]
     assert req.current_task == "follow_up_email" and req.top_k == 2
+    assert parse_request(dict(request_payload, top_k=2.0)).top_k == 2  # JSON Schema's integer includes 2.0
+    assert _err(dict(request_payload, top_k=2.5)).message.startswith("top_k:")
 
 
 @pytest.mark.parametrize("prev, task, event", [
@@ -128,9 +130,15 @@ def test_openai_tools_are_tasks(request_payload):
 
 @pytest.mark.parametrize("message, field", [
     ({"role": "user", "content": [{"type": "text"}]}, "messages[0].content[0]: text"),
-    ({"role": "user", "content": None}, "messages[0]"),
+    ({"role": "user"}, "messages[0].content"),
     ({"role": "robot", "content": "x"}, "messages[0].role"),
 ])
 def test_malformed_openai_messages_name_their_field(request_payload, message, field):
     request_payload["messages"] = [message]
     assert _err(request_payload).message.startswith(field), _err(request_payload).message
+
+
+@pytest.mark.parametrize("tools", [[[None, None]], [None], ["x"], [{"function": ["x"]}]])
+def test_malformed_tools_are_400(request_payload, tools):
+    request_payload.pop("tasks")
+    assert _err(dict(request_payload, tools=tools)).status == 400

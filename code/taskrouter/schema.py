@@ -8,7 +8,7 @@ from __future__ import annotations
 import unicodedata
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
 if TYPE_CHECKING:
@@ -56,6 +56,11 @@ def _unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode)]
 
 
+def _integral(value: object) -> object:
+    """JSON Schema's integer includes 3.0; strict mode alone would refuse it (booleans stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def name_key(name: str) -> str:
     """What a task name means once invisible differences are gone: NFKC, format characters (zero-width
     space, joiners, BOM, soft hyphen, bidi marks) removed, outer whitespace stripped. Names are compared,
@@ -84,17 +89,11 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["user", "assistant", "system", "developer", "tool"]
-    content: Text | list[ContentPart] | None
+    content: Text | list[ContentPart] | None  # null (OpenAI's for tool calls) reads as no text
     name: Text | None = None
     tool_calls: list[dict] | None = None
     tool_call_id: Text | None = None
     refusal: Text | None = None
-
-    @model_validator(mode="after")
-    def _has_content(self) -> "Message":
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content: required (null only for an assistant message with tool_calls)")
-        return self
 
 
 def _task_name(name: str) -> str:
@@ -172,7 +171,7 @@ class RouteRequest(BaseModel):
     strategy: Literal["zero_shot", "few_shot_cot", "react", "adapter"] | None = None
     adapter: Text | None = None
     decoding: Literal["constrained", "free"] = "constrained"
-    top_k: int = Field(default=3, ge=1)
+    top_k: Annotated[int, BeforeValidator(_integral)] = Field(default=3, ge=1)
     _ignored: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("messages")
@@ -285,7 +284,8 @@ def _check_limits(payload: dict, limits: Limits) -> None:
         raise RequestError("too_large", f"messages: at most {limits.max_messages} messages", 413)
     if isinstance(tasks, list) and len(tasks) > limits.max_tasks:
         raise RequestError("too_large", f"{field}: at most {limits.max_tasks} tasks", 413)
-    specs = [(t.get("function") if field == "tools" else t) for t in tasks] if isinstance(tasks, list) else []
+    specs = [t.get("function") if field == "tools" and isinstance(t, dict) else t
+             for t in (tasks if isinstance(tasks, list) else [])]
     specs = [spec if isinstance(spec, dict) else {} for spec in specs]
     for i, spec in enumerate(specs):
         if _utf8(spec.get("name")) > limits.max_name_bytes:
