@@ -18,6 +18,7 @@ from taskrouter import settings
 # threads then grow RSS far past the model and the prefix cache. Two arenas keep it flat.
 ARENAS = "2"
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def unpack_artifact(path: str) -> str:
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> None:
     if model_dir:
         model_dir = os.environ["TASKROUTER_MODEL_DIR"] = unpack_artifact(model_dir)
     limit_arenas()
+    if config.host not in LOOPBACK and config.api_key is None:
+        print(f"serve: warning: listening on {config.host} without TASKROUTER_API_KEY: anyone who reaches this "
+              "port can call the router", file=sys.stderr)
     if args.dev:
         from .app import create_app
         from .logs import configure

@@ -43,6 +43,14 @@ def test_the_api_key_is_never_shown(monkeypatch):
     assert "hunter2" not in repr(config) and "hunter2" not in str(config)
 
 
+@pytest.fixture(autouse=True)
+def serve_env(monkeypatch):
+    """`serve` writes its flags into os.environ (for gunicorn): restore them after each test."""
+    for name in ("TASKROUTER_HOST", "TASKROUTER_PORT", "TASKROUTER_WORKERS", "TASKROUTER_MODEL_DIR", "MALLOC_ARENA_MAX"):
+        monkeypatch.setenv(name, "")  # recorded as it was, so undone after the test
+        monkeypatch.delenv(name)
+
+
 def _serve_error(argv, capsys) -> str:
     """What `serve ARGV` prints as it exits (argparse errors go to stderr, ours are the exit message)."""
     from taskrouter.serving.cli import main
@@ -66,6 +74,20 @@ def test_serve_refuses_an_empty_model_dir_and_a_bad_setting(tmp_path, capsys, mo
     assert "no model there" in _serve_error(["--model-dir", str(tmp_path)], capsys)
     monkeypatch.setenv("TASKROUTER_THREADS", "two")
     assert "serve: TASKROUTER_THREADS='two'" in _serve_error([], capsys)
+
+
+def test_serve_warns_when_open_to_the_network_without_a_key(monkeypatch, capsys):
+    from taskrouter.serving import cli
+
+    served = []
+    monkeypatch.setattr("taskrouter.serving.app.create_app", lambda *a, **k: type("App", (), {
+        "run": lambda self, **kw: served.append(kw)})())
+    cli.main(["--dev", "--host", "0.0.0.0", "--port", "8099"])
+    assert served == [{"host": "0.0.0.0", "port": 8099, "threaded": True}]
+    assert "without TASKROUTER_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("TASKROUTER_API_KEY", "k")
+    cli.main(["--dev", "--host", "0.0.0.0", "--port", "8099"])
+    assert "without TASKROUTER_API_KEY" not in capsys.readouterr().err
 
 
 def test_serve_binds_loopback_unless_told():
