@@ -9,9 +9,14 @@ Retry-After beyond the queue instead of letting requests pile up unseen. A kille
 or hung worker (timeout) is replaced by the master; its clients get a connection
 error, never a hang. SIGTERM drains in-flight requests for up to graceful_timeout.
 """
+import sys
+
 from taskrouter import settings
 
-_config = settings.get()
+try:
+    _config = settings.get()
+except settings.SettingsError as exc:  # one line, not gunicorn's traceback of its config file
+    sys.exit(f"taskrouter: {exc}")
 
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers

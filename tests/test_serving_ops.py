@@ -164,3 +164,9 @@ def test_openai_request_over_http_says_what_it_ignored(client, request_payload):
 def test_current_task_none_is_accepted_over_http(client, request_payload):
     res = client.post("/invocations", json=dict(request_payload, current_task="none"))
     assert res.status_code == 200 and res.json["event"] in {"start", "none"}
+
+
+def test_gunicorn_conf_refuses_a_bad_setting_in_one_line(monkeypatch):
+    monkeypatch.setenv("TASKROUTER_WORKERS", "0")
+    with pytest.raises(SystemExit, match=r"^taskrouter: TASKROUTER_WORKERS='0': Input should be greater than"):
+        exec((ROOT / "serving" / "gunicorn_conf.py").read_text(), {})
