@@ -75,7 +75,7 @@ class BufferingWorker(ThreadWorker):
     def accept(self, listener) -> None:
         try:
             sock, client = listener.accept()
-        except BlockingIOError:
+        except (BlockingIOError, ConnectionAbortedError):  # another worker took it, or the client gave up
             return
         self.nr_conns += 1
         self._collect(TConn(self.cfg, sock, client, listener.getsockname()))
