@@ -14,10 +14,11 @@ from pathlib import Path
 
 from taskrouter import settings
 
-# glibc gives each thread that allocates its own malloc arena (up to 8 per core); the server's many
-# threads then grow RSS far past the model and the prefix cache. Two arenas keep it flat.
-ARENAS = "2"
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core), and its mmap threshold
+# rises as large blocks are freed, so tensor buffers of ever-new shapes end up fragmenting the heap; the
+# server's RSS then grows far past the model and the prefix cache. Two arenas and a fixed 128 KiB
+# threshold (large buffers mapped and unmapped whole) keep it flat. (mallopt parameter, value)
+MALLOC = {"MALLOC_ARENA_MAX": (-8, 2), "MALLOC_MMAP_THRESHOLD_": (-3, 128 * 1024)}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -73,12 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", action="store_true", help="Flask's own single-process server instead of gunicorn")
 
 
-def limit_arenas() -> None:
-    """Cap glibc's malloc arenas for this process (when glibc is there) and for the gunicorn it execs."""
-    os.environ.setdefault("MALLOC_ARENA_MAX", ARENAS)
+def tune_malloc() -> None:
+    """glibc's malloc set as MALLOC says, for this process (when glibc is there) and for the gunicorn it
+    execs; a variable the user set wins."""
     libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "mallopt"):
-        ctypes.CDLL(libc).mallopt(M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    for name, (parameter, value) in MALLOC.items():
+        os.environ.setdefault(name, str(value))
+        if mallopt is not None:
+            mallopt(parameter, int(os.environ[name]))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     model_dir = args.model_dir or config.model_dir
     if model_dir:
         model_dir = os.environ["TASKROUTER_MODEL_DIR"] = unpack_artifact(model_dir)
-    limit_arenas()
+    tune_malloc()
     if config.host not in LOOPBACK and config.api_key is None:
         print(f"serve: warning: listening on {config.host} without TASKROUTER_API_KEY: anyone who reaches this "
               "port can call the router", file=sys.stderr)

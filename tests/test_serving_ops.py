@@ -1,6 +1,7 @@
 """Operations of the Flask app in process: settings, /metrics, contract statuses, chunked bodies, agent shapes."""
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def test_the_api_key_is_never_shown(monkeypatch):
 @pytest.fixture(autouse=True)
 def serve_env(monkeypatch):
     """`serve` writes its flags into os.environ (for gunicorn): restore them after each test."""
-    for name in ("TASKROUTER_HOST", "TASKROUTER_PORT", "TASKROUTER_WORKERS", "TASKROUTER_MODEL_DIR", "MALLOC_ARENA_MAX"):
+    for name in ("TASKROUTER_HOST", "TASKROUTER_PORT", "TASKROUTER_WORKERS", "TASKROUTER_MODEL_DIR", "MALLOC_ARENA_MAX",
+                 "MALLOC_MMAP_THRESHOLD_"):
         monkeypatch.setenv(name, "")  # recorded as it was, so undone after the test
         monkeypatch.delenv(name)
 
@@ -84,6 +86,7 @@ def test_serve_warns_when_open_to_the_network_without_a_key(monkeypatch, capsys)
         "run": lambda self, **kw: served.append(kw)})())
     cli.main(["--dev", "--host", "0.0.0.0", "--port", "8099"])
     assert served == [{"host": "0.0.0.0", "port": 8099, "threaded": True}]
+    assert (os.environ["MALLOC_ARENA_MAX"], os.environ["MALLOC_MMAP_THRESHOLD_"]) == ("2", "131072")
     assert "without TASKROUTER_API_KEY" in capsys.readouterr().err
     monkeypatch.setenv("TASKROUTER_API_KEY", "k")
     cli.main(["--dev", "--host", "0.0.0.0", "--port", "8099"])
