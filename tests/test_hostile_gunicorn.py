@@ -91,12 +91,15 @@ def test_more_slow_clients_than_threads_lock_nobody_out(server, request_payload)
 
 
 def test_a_burst_beyond_the_queue_gets_503_at_once(server, request_payload):
-    """Defaults: 16 computed at once + 32 queued; 120 at once: the other 72 are refused, fast."""
+    """Defaults: 16 computed at once + 32 queued; 120 at once: the rest are refused, fast. (On a slow machine
+    the first 16 may finish, 3 s in, before the last of the 120 arrive: one round of slack.)"""
     config = settings.load()
     admitted = config.admitted_at_once + config.max_queue
     slow = dict(request_payload, messages=[{"role": "user", "content": "SLOW recap the meeting"}])
+    together = threading.Barrier(120)
 
     def call(_):
+        together.wait(30)
         started = time.monotonic()
         res = requests.post(f"{server['url']}/invocations", json=slow, timeout=60)
         return res.status_code, res.headers.get("Retry-After"), time.monotonic() - started
@@ -106,7 +109,7 @@ def test_a_burst_beyond_the_queue_gets_503_at_once(server, request_payload):
     statuses = [status for status, _, _ in results]
     assert set(statuses) <= {200, 503, 504}, statuses
     refused = [(retry, seconds) for status, retry, seconds in results if status == 503]
-    assert len(refused) >= 120 - admitted, statuses
+    assert len(refused) >= 120 - admitted - config.admitted_at_once, statuses
     assert all(retry and int(retry) >= 1 for retry, _ in refused)
     assert max(seconds for _, seconds in refused) < 3.0  # refused at once, not after waiting
     # nobody waits past the deadline (measured from arrival) plus the one model call it may be in

@@ -84,8 +84,16 @@ class ContentPart(BaseModel):
 
 
 class Message(BaseModel):
-    """A chat message, in today's shape (`user` / `assistant`, string content) or OpenAI's (also `system`,
-    `developer`, `tool`, content parts, tool calls). Only user and assistant text reaches the router."""
+    """A conversation message as the router and the router-bench format read it: user or assistant text."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["user", "assistant"]
+    content: Text
+
+
+class ChatMessage(BaseModel):
+    """A message as clients send it: today's shape (`user` / `assistant`, string content) or OpenAI's (also
+    `system`, `developer`, `tool`, content parts, tool calls). Only user and assistant text is read."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["user", "assistant", "system", "developer", "tool"]
@@ -132,7 +140,7 @@ class Tool(BaseModel):
     function: Function
 
 
-def _readable(messages: list[Message], ignored: list[str]) -> list[Message]:
+def _readable(messages: list[ChatMessage], ignored: list[str]) -> list[Message]:
     """The user and assistant text of `messages`; what is skipped is noted in `ignored`."""
     read = []
     for i, message in enumerate(messages):
@@ -160,11 +168,12 @@ def _readable(messages: list[Message], ignored: list[str]) -> list[Message]:
 
 class RouteRequest(BaseModel):
     """One routing request: the conversation so far and the task list in force (as `tasks`, or as
-    OpenAI `tools`). After validation `messages` holds only user/assistant text and `tasks` the list."""
+    OpenAI `tools`). After validation `messages` holds the user/assistant text as `Message`s and `tasks`
+    the list."""
 
     model_config = ConfigDict(extra="forbid", strict=True,
                               json_schema_extra={"anyOf": [{"required": ["tasks"]}, {"required": ["tools"]}]})
-    messages: list[Message] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     tasks: list[Task] = None  # one of tasks and tools is required (checked below); null is not a list
     tools: list[Tool] = None
     current_task: Text | None = None
@@ -176,7 +185,7 @@ class RouteRequest(BaseModel):
 
     @field_validator("messages")
     @classmethod
-    def _last_is_user(cls, messages: list[Message]) -> list[Message]:
+    def _last_is_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
         if messages and messages[-1].role != "user":
             raise ValueError("the last message must come from the user")
         return messages
