@@ -9,7 +9,6 @@ resumed run loads nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import urllib.error
 import urllib.request
@@ -155,13 +154,14 @@ class RouterPool:
         if config.model not in self._routers:
             import torch
 
+            from taskrouter import settings
             from taskrouter.loading import load_model
             from taskrouter.router import Router
 
-            torch.set_num_threads(int(os.environ.get("TASKROUTER_THREADS", os.cpu_count() or 1)))
+            torch.set_num_threads(settings.get().torch_threads)
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model),
-                                       dtype=os.environ.get("TASKROUTER_DTYPE", "auto")))
+                                       dtype=settings.get().dtype))
             self._routers[config.model] = router
         return self._routers[config.model]
 

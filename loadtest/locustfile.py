@@ -5,15 +5,18 @@ one POST /invocations per user turn, with the messages up to that turn, the
 conversation's task list and, as `current_task`, the router's previous answer,
 exactly as an agent in a live conversation would; then it moves to another
 conversation. An answer that is not 200 or names a task outside the list is a failure.
+With --distinct every replay is a conversation the server has never seen (a numbered
+first message, the task list in another order), so caches grow as they would with
+thousands of real users: the memory soak of `taskrouter loadtest --distinct`.
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --bench evaluation/benchmarks/sales.jsonl
 (or `taskrouter loadtest`, which runs it headless with bounded users and time).
-Options: --bench FILE (env TASKROUTER_BENCH), --think-time SECONDS between turns (default 0).
+Options: --bench FILE, --think-time SECONDS between turns (default 0), --distinct, --api-key KEY.
 """
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -27,12 +30,13 @@ DEFAULT_BENCH = str(Path(__file__).resolve().parent.parent / "evaluation" / "ben
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument("--bench", default=os.environ.get("TASKROUTER_BENCH", DEFAULT_BENCH),
+    parser.add_argument("--bench", default=DEFAULT_BENCH,
                         help="router-bench JSONL file whose conversations the users replay")
-    parser.add_argument("--think-time", type=float, default=float(os.environ.get("TASKROUTER_THINK_TIME", "0")),
+    parser.add_argument("--think-time", type=float, default=0.0,
                         help="seconds each user waits between two turns (default 0: closed loop)")
-    parser.add_argument("--api-key", default=os.environ.get("TASKROUTER_API_KEY", ""),
-                        help="sent as a Bearer token when the server requires TASKROUTER_API_KEY")
+    parser.add_argument("--distinct", action="store_true",
+                        help="make every replayed conversation one the server has not seen")
+    parser.add_argument("--api-key", default="", help="sent as a Bearer token when the server requires one")
 
 
 @lru_cache(maxsize=4)
@@ -50,6 +54,18 @@ def load_conversations(path: str) -> list[dict]:
     return conversations
 
 
+_replays = itertools.count()
+
+
+def distinct_copy(conversation: dict, number: int) -> dict:
+    """The conversation with a numbered first message and its task list in another order."""
+    messages = [dict(m) for m in conversation["messages"]]
+    messages[0]["content"] = f"[conversation {number}] {messages[0]['content']}"
+    tasks = list(conversation["tasks"])
+    random.Random(number).shuffle(tasks)
+    return dict(conversation, messages=messages, tasks=tasks)
+
+
 def user_turns(conversation: dict) -> list[int]:
     """Indices of the user messages: one routing request each."""
     return [i for i, m in enumerate(conversation["messages"]) if m["role"] == "user"]
@@ -62,6 +78,7 @@ class Agent(HttpUser):
         options = self.environment.parsed_options
         self.conversations = load_conversations(options.bench if options else DEFAULT_BENCH)
         self.think = options.think_time if options else 0.0
+        self.distinct = options.distinct if options else False
         key = options.api_key if options else ""
         if key:
             self.client.headers["Authorization"] = f"Bearer {key}"
@@ -72,6 +89,8 @@ class Agent(HttpUser):
 
     def _next_conversation(self) -> None:
         self.conversation = random.choice(self.conversations)
+        if self.distinct:
+            self.conversation = distinct_copy(self.conversation, next(_replays))
         self.turns = user_turns(self.conversation)
         self.current_task: str | None = None
 

@@ -251,6 +251,8 @@ def container_env(manifest: dict, region: str, extra: dict[str, str]) -> dict[st
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": region,
         "HF_HUB_OFFLINE": "1",  # everything is in the artifact: the container never calls the hub
+        # glibc's per-thread arenas and rising mmap threshold otherwise grow RSS far past the model (docs/serving.md)
+        "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
     }
     adapters = sorted(manifest.get("adapters", {}))
     if adapters:

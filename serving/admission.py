@@ -11,7 +11,6 @@ TASKROUTER_BATCH_MAX, so a full batch can form).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -19,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from taskrouter.batching import DEFAULT_BATCH
 from taskrouter.schema import RequestError
+from taskrouter.settings import Settings
 
 
 class Overloaded(RequestError):
@@ -61,15 +60,16 @@ class Admission:
         self.stats = AdmissionStats()
 
     @classmethod
-    def from_env(cls) -> "Admission":
-        return cls(max_queue=int(os.environ.get("TASKROUTER_MAX_QUEUE", "32")),
-                   deadline_ms=float(os.environ.get("TASKROUTER_DEADLINE_MS", "10000")),
-                   concurrency=int(os.environ.get("TASKROUTER_CONCURRENCY",
-                                                  os.environ.get("TASKROUTER_BATCH_MAX", DEFAULT_BATCH))))
+    def from_settings(cls, config: Settings) -> "Admission":
+        return cls(max_queue=config.max_queue, deadline_ms=config.deadline_ms, concurrency=config.admitted_at_once)
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return self._running
 
     def retry_after(self) -> int:
         """Seconds until the current queue should have drained (at least 1)."""

@@ -2,44 +2,89 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import sys
 from pathlib import Path
 
+from taskrouter import settings
+from taskrouter.artifacts import unpack_artifact
+
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core), and its mmap threshold
+# rises as large blocks are freed, so tensor buffers of ever-new shapes end up fragmenting the heap; the
+# server's RSS then grows far past the model and the prefix cache. Two arenas and a fixed 128 KiB
+# threshold (large buffers mapped and unmapped whole) keep it flat. (mallopt parameter, value)
+MALLOC = {"MALLOC_ARENA_MAX": (-8, 2), "MALLOC_MMAP_THRESHOLD_": (-3, 128 * 1024)}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _bounded(flag: str, low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be between {low} and {high}")
+        return value
+    return parse
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", help="an unpacked artifact or a model.tar.gz (default: the embedded Gemma 3 270M "
-                                            "with the adapters in model_artifacts/adapters)")
+                                            "with the shipped adapters)")
     parser.add_argument("--adapter", action="append", help="adapter name to load (repeatable; default: all that fit the base)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080, as SageMaker)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, each with its own model copy (default 1)")
+    parser.add_argument("--port", type=_bounded("--port", 1, 65535), help="port to listen on (default 8080, as "
+                                                                           "SageMaker; TASKROUTER_PORT)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                                       "interface, then set TASKROUTER_API_KEY)")
+    parser.add_argument("--workers", type=_bounded("--workers", 1, 64),
+                        help="gunicorn workers, each with its own model copy (default 1)")
     parser.add_argument("--dev", action="store_true", help="Flask's own single-process server instead of gunicorn")
 
 
-def run(args: argparse.Namespace) -> None:
-    from taskrouter.artifacts import unpack_artifact
+def tune_malloc() -> None:
+    """glibc's malloc set as MALLOC says, for this process (when glibc is there) and for the gunicorn it
+    execs; a variable the user set wins."""
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    for name, (parameter, value) in MALLOC.items():
+        os.environ.setdefault(name, str(value))
+        if mallopt is not None:
+            mallopt(parameter, int(os.environ[name]))
 
-    try:
-        model_dir = str(unpack_artifact(args.model_dir)) if args.model_dir else None
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--model-dir {exc}") from None
-    env = {"TASKROUTER_PORT": str(args.port), "TASKROUTER_WORKERS": str(args.workers)}
-    if model_dir:
-        env["TASKROUTER_MODEL_DIR"] = model_dir
+
+def run(args: argparse.Namespace) -> None:
+    env = {name: str(value) for name, value in (("TASKROUTER_PORT", args.port), ("TASKROUTER_HOST", args.host),
+                                                 ("TASKROUTER_WORKERS", args.workers)) if value is not None}
     if args.adapter:
         env["TASKROUTER_ADAPTERS"] = ",".join(args.adapter)
         env.setdefault("TASKROUTER_DEFAULT_ADAPTER", args.adapter[0])
     os.environ.update(env)
+    try:
+        config = settings.load()
+    except settings.SettingsError as exc:
+        raise SystemExit(f"serve: {exc}") from None
+    model_dir = args.model_dir or config.model_dir
+    if model_dir:
+        try:
+            model_dir = os.environ["TASKROUTER_MODEL_DIR"] = str(unpack_artifact(model_dir))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--model-dir {exc}") from None
+    tune_malloc()
+    if config.host not in LOOPBACK and config.api_key is None:
+        print(f"serve: warning: listening on {config.host} without TASKROUTER_API_KEY: anyone who reaches this "
+              "port can call the router", file=sys.stderr)
     if args.dev:
         from .app import create_app
+        from .logs import configure
 
-        create_app(model_dir).run(host=args.host, port=args.port, threaded=True)
+        configure(config.log_level)
+        create_app(model_dir, config=config).run(host=config.host, port=config.port, threaded=True)
         return
-    conf = Path(__file__).with_name("gunicorn_conf.py")
-    # gunicorn runs on this interpreter: a `gunicorn` script found on PATH may belong to another Python
-    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{args.host}:{args.port}",
-                              "taskrouter.serving.app:app_from_env()"])
+    conf = Path(__file__).with_name("gunicorn_conf.py")  # gunicorn of this interpreter, beside taskrouter
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(conf), "taskrouter.serving.app:app_from_env()"])
 
 
 def main(argv: list[str] | None = None) -> None:

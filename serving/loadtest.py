@@ -4,7 +4,9 @@ Users replay router-bench conversations turn by turn (loadtest/locustfile.py).
 Users and run time are bounded, and only loopback hosts are allowed unless
 --allow-remote: a load test is not something to point at someone else's server by
 accident. Writes Locust's CSV files and HTML report to --out and prints
-requests/s, p50/p95/p99 latency and failures.
+requests/s, p50/p95/p99 latency and failures. Meanwhile the server's /metrics is
+sampled (its RSS, prefix-cache bytes, 5xx count) into memory.csv; with --distinct
+every replay is a conversation never seen before, the memory soak.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import argparse
 import csv
 import importlib.util
 import ipaddress
-import os
 import re
 import socket
 import subprocess
@@ -23,7 +24,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from taskrouter import settings
 from taskrouter.resources import locustfile, sample_bench
+
+from . import memory
 
 MAX_USERS = 512
 MAX_SECONDS = 3600
@@ -80,7 +84,8 @@ def locust_command(args: argparse.Namespace, seconds: int, prefix: Path, html: P
     return [sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "--host", args.host,
             "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
             "--run-time", f"{seconds}s", "--stop-timeout", "30", "--csv", str(prefix), "--html", str(html),
-            "--only-summary", "--bench", str(args.bench), "--think-time", str(args.think_time)]
+            "--only-summary", "--bench", str(args.bench), "--think-time", str(args.think_time),
+            *(["--distinct"] if args.distinct else []), *(["--api-key", args.api_key] if args.api_key else [])]
 
 
 def summarise(stats_csv: Path) -> dict:
@@ -106,12 +111,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=_users, default=16, help=f"concurrent simulated agents (1..{MAX_USERS}, default 16)")
     parser.add_argument("--duration", type=parse_duration, default=60, help="run time, e.g. 60s, 5m (default 60s, max 1h)")
     parser.add_argument("--host", default="http://127.0.0.1:8080", help="router URL (default http://127.0.0.1:8080)")
-    parser.add_argument("--bench", default=os.environ.get("TASKROUTER_BENCH", str(sample_bench())),
+    parser.add_argument("--bench", default=str(sample_bench()),
                         help="router-bench JSONL whose conversations are replayed (default: the sample bench "
                              "shipped with taskrouter, 16 conversations)")
     parser.add_argument("--out", default="runs/loadtest", help="directory for the CSV files and report.html (default runs/loadtest)")
     parser.add_argument("--spawn-rate", type=float, help="users started per second (default: all at once)")
     parser.add_argument("--think-time", type=float, default=0.0, help="seconds a user waits between turns (default 0)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="every replay a conversation the server has not seen (numbered, task list reordered): "
+                             "the memory soak")
+    parser.add_argument("--sample-every", type=float, default=10.0,
+                        help="seconds between samples of the server's /metrics into memory.csv (default 10; 0: off)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
     parser.add_argument("--ready-timeout", type=float, default=120, help="seconds to wait for /ping 200 (default 120)")
 
@@ -127,14 +137,23 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prefix, html = out / "locust", out / "report.html"
     wait_ready(args.host, args.ready_timeout)
+    args.api_key = settings.get().api_key.get_secret_value() if settings.get().api_key else ""
     command = locust_command(args, args.duration, prefix, html)
-    print("taskrouter loadtest:", " ".join(command), file=sys.stderr)
+    print("taskrouter loadtest:", " ".join(c if c != args.api_key else "***" for c in command), file=sys.stderr)
+    sampler = memory.Sampler(args.host, args.sample_every, args.api_key) if args.sample_every > 0 else None
+    if sampler:
+        sampler.start()
     code = subprocess.run(command).returncode  # locust exits 1 when some request failed: still summarise
+    if sampler:
+        sampler.stop()
+        memory.write_csv(sampler.rows, out / "memory.csv")
     stats = Path(f"{prefix}_stats.csv")
     if not stats.exists():
         raise SystemExit(f"locust exited with {code} and wrote no {stats}")
     summary = summarise(stats)
     print(format_summary(summary, args.users, args.duration))
-    print(f"report: {html}  csv: {prefix}_*.csv")
+    if sampler:
+        print(memory.summarise(sampler.rows))
+    print(f"report: {html}  csv: {prefix}_*.csv" + (f", {out / 'memory.csv'}" if sampler else ""))
     if code not in (0, 1):
         raise SystemExit(code)

@@ -13,6 +13,16 @@ from tiny import build_model  # noqa: E402
 
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Settings are read once per process; a test that sets TASKROUTER_* variables gets them re-read."""
+    from taskrouter import settings
+
+    settings.get.cache_clear()
+    yield
+    settings.get.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("models") / "tiny-gemma3")

@@ -1,5 +1,6 @@
 """`taskrouter loadtest` and the Locust replay scenario: options, loopback guard, summary, and a real short run."""
 import argparse
+import csv
 import json
 import threading
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from taskrouter.resources import sample_bench
+from taskrouter.resources import locustfile, sample_bench
 from taskrouter.serving import loadtest
 
 CONVERSATION = {
@@ -82,7 +83,7 @@ def test_a_real_short_run_against_the_tiny_model(tiny_dir, tmp_path, capsys, mon
     try:
         out = tmp_path / "out"
         loadtest.run(_parse(["--users", "2", "--duration", "4s", "--host", f"http://127.0.0.1:{server.port}",
-                             "--bench", str(bench), "--out", str(out)]))
+                             "--bench", str(bench), "--out", str(out), "--distinct", "--sample-every", "1"]))
     finally:
         server.shutdown()
     printed = capsys.readouterr().out
@@ -90,6 +91,26 @@ def test_a_real_short_run_against_the_tiny_model(tiny_dir, tmp_path, capsys, mon
     assert (out / "report.html").stat().st_size > 0
     summary = loadtest.summarise(out / "locust_stats.csv")
     assert summary["requests"] >= 2 and summary["failures"] == 0
+    assert "memory: RSS" in printed and "0 answered 5xx" in printed, printed
+    rows = list(csv.DictReader(open(out / "memory.csv")))
+    assert len(rows) >= 3 and all(float(r["rss_mb"]) > 0 for r in rows)
+    assert float(rows[-1]["requests"]) >= summary["requests"] - 2  # the server counted what locust sent
+
+
+def test_distinct_replays_are_new_conversations_with_the_same_tasks():
+    """The locustfile's helper, imported without locust's gevent patching (it lives in a plain function)."""
+    import ast
+
+    source = locustfile().read_text()
+    tree = ast.parse(source)
+    helper = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "distinct_copy")
+    namespace = {"random": __import__("random")}
+    exec(compile(ast.Module([helper], []), "locustfile", "exec"), namespace)
+    copies = [namespace["distinct_copy"](CONVERSATION, n) for n in range(20)]
+    assert len({c["messages"][0]["content"] for c in copies}) == 20
+    assert len({tuple(t["name"] for t in c["tasks"]) for c in copies}) == 2  # both orders of two tasks
+    assert all(sorted(t["name"] for t in c["tasks"]) == sorted(t["name"] for t in CONVERSATION["tasks"]) for c in copies)
+    assert CONVERSATION["messages"][0]["content"] == "Recap my meeting with ACME"  # the original is untouched
 
 
 def test_the_default_bench_ships_with_the_package():

@@ -87,6 +87,8 @@ def test_deploy_creates_model_config_endpoint_and_scaling(aws, role, tmp_path):
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["TASKROUTER_DEFAULT_ADAPTER"] == "demo"
     assert container["Environment"]["TASKROUTER_CACHE_MB"] == "256"
+    assert container["Environment"]["MALLOC_ARENA_MAX"] == "2"
+    assert container["Environment"]["MALLOC_MMAP_THRESHOLD_"] == "131072"
     variant = sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == (INSTANCE, 2)
     head = aws.client("s3").head_object(Bucket="models", Key=f"taskrouter/router/{digest[:12]}/model.tar.gz")

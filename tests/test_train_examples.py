@@ -14,7 +14,7 @@ from taskrouter.loading import load_model
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
 from taskrouter.training.closed_loop import replay_records
-from taskrouter.training.examples import IGNORE, VERBS, Augment, Pack, Plan, Regrouper, augment, conversation_plan, \
+from taskrouter.training.examples import IGNORE, VERBS, Augment, Pack, Regrouper, augment, conversation_plan, \
     encode_pack, keep_probabilities, sample_plans
 from taskrouter.training.train import pack_loss
 

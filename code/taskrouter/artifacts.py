@@ -26,6 +26,8 @@ def unpack_artifact(path: str | Path) -> Path:
     """A model.tar.gz unpacked (as SageMaker does into /opt/ml/model) once per archive content; a folder as is."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: no model there (an unpacked artifact has config.json at its top)")
         return path
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")

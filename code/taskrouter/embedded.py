@@ -14,7 +14,9 @@ EMBEDDED_NAME = "gemma-3-270m"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TASKROUTER_CACHE") or Path.home() / ".cache" / "taskrouter"
+    from .settings import get
+
+    root = get().cache or Path.home() / ".cache" / "taskrouter"
     return Path(root) / EMBEDDED_NAME
 
 

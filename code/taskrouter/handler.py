@@ -2,22 +2,18 @@
 
 `code/inference.py` re-exports them for the container; the local Flask mirror
 calls exactly these, so SageMaker, on-prem and local serving share one path.
-Configuration comes from the environment (as on SageMaker):
-TASKROUTER_ADAPTERS (comma-separated names to load; default all that match the
-base), TASKROUTER_DEFAULT_ADAPTER, TASKROUTER_DTYPE, TASKROUTER_CACHE_MB,
-TASKROUTER_MAX_PROMPT_TOKENS, TASKROUTER_BATCH_MAX and TASKROUTER_BATCH_WINDOW_MS
-(micro-batching of concurrent requests), and the TASKROUTER_MAX_* request limits.
+Configuration comes from the environment (as on SageMaker), read once through
+`taskrouter.settings` (docs/settings.md lists every variable).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from .batching import DEFAULT_BATCH
+from . import settings
 from .embedded import EMBEDDED_NAME
 from .loading import DEFAULT_ADAPTERS_DIR, adapters_for, base_name_of, load_model
 from .router import Router
@@ -29,24 +25,25 @@ JSON = "application/json"
 
 def model_fn(model_dir: str | None, context=None) -> Router:
     """Load the router from an unpacked artifact (base weights at its top level) or the embedded default."""
-    torch.set_num_threads(int(os.environ.get("TASKROUTER_THREADS", os.cpu_count() or 1)))
-    names = [n for n in os.environ.get("TASKROUTER_ADAPTERS", "").split(",") if n] or None
+    config = settings.get()
+    torch.set_num_threads(config.torch_threads)
+    names = config.adapters or None
     model_dir = Path(model_dir) if model_dir else None
     if model_dir is not None and (model_dir / "config.json").exists():
         base, adapters_root, base_name = str(model_dir), model_dir / "adapters", base_name_of(model_dir)
     else:
-        base, adapters_root = None, Path(os.environ.get("TASKROUTER_ADAPTERS_DIR", DEFAULT_ADAPTERS_DIR))
+        base, adapters_root = None, config.adapters_dir or DEFAULT_ADAPTERS_DIR
         base_name = EMBEDDED_NAME
     adapters = adapters_for(base_name, adapters_root, names)
-    loaded = load_model(base, adapters, dtype=os.environ.get("TASKROUTER_DTYPE", "auto"))
+    loaded = load_model(base, adapters, dtype=config.dtype)
     loaded.name = base_name
     return Router(
         loaded,
-        cache_bytes=int(os.environ.get("TASKROUTER_CACHE_MB", "512")) * 2**20,
-        max_prompt_tokens=int(os.environ.get("TASKROUTER_MAX_PROMPT_TOKENS", "1024")),
-        default_adapter=os.environ.get("TASKROUTER_DEFAULT_ADAPTER"),
-        max_batch=int(os.environ.get("TASKROUTER_BATCH_MAX", DEFAULT_BATCH)),
-        batch_window_ms=float(os.environ.get("TASKROUTER_BATCH_WINDOW_MS", "2")),
+        cache_bytes=config.cache_mb * 2**20,
+        max_prompt_tokens=config.max_prompt_tokens,
+        default_adapter=config.default_adapter,
+        max_batch=config.batch_max,
+        batch_window_ms=config.batch_window_ms,
     )
 
 
@@ -58,11 +55,13 @@ def input_fn(input_data: str | bytes, content_type: str = JSON) -> RouteRequest:
         payload = json.loads(input_data)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise RequestError("invalid_json", f"request body is not valid JSON: {exc}") from None
-    return parse_request(payload, Limits.from_env())
+    return parse_request(payload, Limits.from_settings(settings.get()))
 
 
 def predict_fn(data: RouteRequest, model: Router) -> RouteAnswer:
-    return model.route(data)
+    """Route; the answer also names what of the request was not read (system/tool messages, images...)."""
+    answer = model.route(data)
+    return answer.model_copy(update={"ignored": data.ignored}) if data.ignored else answer
 
 
 def output_fn(prediction: RouteAnswer, accept: str = JSON) -> str:
