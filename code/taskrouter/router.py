@@ -16,7 +16,7 @@ from .kvcache import PrefixCache, join_spans, prefix_keys
 from .loading import LoadedModel
 from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest
-from .scorer import Anchor, NameTrie, score_names, softcap
+from .scorer import Anchor, NameTrie, cache_kwargs, score_names, softcap
 from .treeattention import Layout, tree_inputs
 
 FREE_TOKENS = 16
@@ -176,7 +176,7 @@ class Router:
         """Extend `cache` by `ids`; returns the last position's final hidden state."""
         body = self.loaded.model.get_decoder()
         tensor = torch.tensor([ids], device=self.loaded.device)
-        return body(input_ids=tensor, cache=cache, use_cache=True).last_hidden_state[0, -1]
+        return body(input_ids=tensor, use_cache=True, **cache_kwargs(body, cache)).last_hidden_state[0, -1]
 
     def _prefill(self, items: list[list[list[int]]], namespace: str) -> _Batch:
         """For every item (prompt segments), compute what its longest cached prefix does not cover:
@@ -197,8 +197,8 @@ class Router:
         past = join_spans([(c, 0, c.get_seq_length()) for c in stored])
         ids = torch.tensor([[t for n in news for t in n]], device=self.loaded.device)
         inputs = tree_inputs(self.loaded.model, layout.lengths, layout.parents, cached=len(stored))
-        hidden = self.loaded.model.get_decoder()(input_ids=ids, cache=past, use_cache=True,
-                                                 **inputs).last_hidden_state[0]
+        decoder = self.loaded.model.get_decoder()
+        hidden = decoder(input_ids=ids, use_cache=True, **cache_kwargs(decoder, past), **inputs).last_hidden_state[0]
         ends_new = list(itertools.accumulate(len(n) for n in news))
         batch = _Batch(past, layout, [len(stored) + i for i in range(len(items))],
                        [hidden[end - 1] for end in ends_new])

@@ -10,12 +10,25 @@ distribution constrained decoding would give, over every name at once.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
 from .prompts import answer_text
 from .treeattention import Layout, tree_inputs
+
+
+@functools.cache
+def _cache_keyword(decoder_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(decoder_type.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(decoder: torch.nn.Module, cache) -> dict:
+    """The decoder's KV-cache keyword with `cache`: `cache` from transformers 5.24 on, `past_key_values` before
+    (5.5.3, in the SageMaker image), where an unknown `cache=` is swallowed by **kwargs and the cache stays empty."""
+    return {_cache_keyword(type(decoder)): cache}
 
 
 @dataclass
@@ -104,8 +117,9 @@ def score_names(model, cache, layout: Layout, anchors: list[Anchor]) -> list[tor
     hidden_of: list[torch.Tensor] = []
     if ids:
         inputs = tree_inputs(model, lengths, parents, cached=len(layout.lengths))
-        out = model.get_decoder()(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True,
-                                  **inputs)
+        decoder = model.get_decoder()
+        out = decoder(input_ids=torch.tensor([ids], device=model.device), use_cache=True, **cache_kwargs(decoder, cache),
+                      **inputs)
         cache.crop(-len(ids))
         hidden_of = list(out.last_hidden_state[0])
     first = len(layout.lengths)
