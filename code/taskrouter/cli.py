@@ -1,12 +1,14 @@
 """`taskrouter` command line: each subcommand lives in the module of its feature.
 
-Modules outside the core (serving, evaluation, training, packaging) are absent
-from a SageMaker artifact's code/, so they are registered only when importable.
+Feature packages outside the core (serving, evaluation, training, packaging) are absent
+from a SageMaker artifact's code/, so a command whose module is not there is left out; a
+command whose module is there but fails to import is listed, and says why when run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 
@@ -63,16 +65,30 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"error: {exc.message}")
 
 
+def _unavailable(name: str, module_name: str, exc: Exception):
+    """The `run` of a command whose module failed to import: one line naming the command, module and cause."""
+    def run(_args: argparse.Namespace) -> None:
+        sys.exit(f"error: taskrouter {name} is unavailable: importing {module_name} failed "
+                 f"({type(exc).__name__}: {exc})")
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskrouter", description="Self-hosted LLM task router.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not exc.name.startswith("taskrouter"):
-                raise
-            continue  # feature not shipped in this install (e.g. inside a SageMaker artifact)
+        except ImportError as exc:
+            try:
+                shipped = importlib.util.find_spec(module_name) is not None
+            except ImportError:  # its package is absent
+                shipped = False
+            if not shipped:
+                continue  # feature not shipped in this install (e.g. inside a SageMaker artifact)
+            command = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})", add_help=False)
+            command.set_defaults(run=_unavailable(name, module_name, exc), any_arguments=True)
+            continue
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(command)
         command.set_defaults(run=module.run)
@@ -80,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "any_arguments", False):  # an unavailable command says why, whatever follows it
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.run(args)
 
 
