@@ -262,3 +262,19 @@ def test_invoke_and_delete(aws, role, tmp_path, capsys):
     assert sm.list_models()["Models"] == [] and dep.current_scaling(aws, "router") is None
     with pytest.raises(SystemExit, match="^error: --endpoint-name router: no such endpoint in eu-west-1$"):
         main(["delete", "--endpoint-name", "router"])
+
+
+def test_invoke_names_the_models_status_and_body(aws, role, tmp_path):
+    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role), poll_seconds=0)
+    body = json.dumps({"error": {"code": "unsupported_media_type", "message": "content type 'text/plain'"}})
+
+    def model_error(**_):  # what the runtime sends for a container's 415: ModelError (HTTP 424)
+        return AWSResponse("https://runtime.sagemaker", 424, {}, None), {
+            "Error": {"Code": "ModelError", "Message": "Received client error (415) from primary"},
+            "OriginalStatusCode": 415, "OriginalMessage": body}
+
+    aws.client("sagemaker-runtime").meta.events.register("before-call.sagemaker-runtime.InvokeEndpoint", model_error)
+    (tmp_path / "req.json").write_text(json.dumps({"messages": [], "tasks": []}))
+    with pytest.raises(SystemExit) as info:
+        main(["invoke", "--endpoint-name", "router", "--request", str(tmp_path / "req.json")])
+    assert str(info.value) == f"error: endpoint router answered 415: {body}"
