@@ -125,11 +125,13 @@ def ensure_venv(say: Callable[[str], None] = lambda _: None) -> Path:
     return venv
 
 
-def free_port() -> int:
+def free_port(taken: int = 0) -> int:
     """A free loopback port below 32767: multi-model-server refuses larger port numbers (it checks them against
     a Java short), and the kernel's ephemeral ports start above that."""
     for _ in range(200):
         port = random.randrange(20000, 32000)
+        if port == taken:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -206,7 +208,8 @@ class ContainerServer:
         for sub in ("ml", "etc", "tmp"):
             (self.root / sub).mkdir()
         unpack(self.archive, self.root / "ml" / "model")
-        self.port, self.management_port = free_port(), free_port()
+        self.port = free_port()
+        self.management_port = free_port(taken=self.port)
         env = self.environment(venv)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([str(venv / "bin" / "python"), str(ENTRY), "serve"], cwd=self.root, env=env,
