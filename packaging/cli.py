@@ -40,8 +40,8 @@ def add_build(sub) -> None:
     p = sub.add_parser("build", help="write dist/NAME/model.tar.gz (base + adapters + code/)",
                        description="Assemble the SageMaker artifact: base weights (NF4 or bf16) and tokenizer at the "
                                    "top level, taskrouter.json, adapters/NAME/, code/ (inference.py, requirements.txt, "
-                                   "the taskrouter library, wheels/ of what the image lacks) and taskrouter-manifest.json with sha256 checksums. Reproducible: "
-                                   "the same inputs give the same archive checksum.")
+                                   "the taskrouter library, wheels/ of what the image lacks) and taskrouter-manifest.json "
+                                   "with sha256 checksums. Reproducible: the same inputs give the same archive checksum.")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME",
                    help="adapter under --adapters-dir to include (repeatable; the first names the artifact)")
     p.add_argument("--base", help="base model: a local directory, a Hugging Face hub id (must be cached when "

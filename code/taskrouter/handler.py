@@ -99,7 +99,8 @@ def _failed(exc: RequestError, context) -> RequestError:
 
 
 def input_fn(input_data: str | bytes, content_type: str = JSON, context=None) -> RouteRequest | RequestError:
-    """Decode and validate a request body; raises `RequestError` naming the bad field."""
+    """Decode and validate a request body; raises `RequestError` naming the bad field (returns it, with the
+    status set, under the model server)."""
     try:
         if (content_type or JSON).split(";")[0].strip().lower() != JSON:
             raise RequestError("unsupported_media_type", f"content type {content_type!r}: only {JSON} is accepted", 415)
@@ -123,7 +124,8 @@ def predict_fn(data: RouteRequest | RequestError, model: Router, context=None) -
         if context is None:
             raise
         # type and frames only: an exception message may quote the request's text
-        log.error("internal error while routing: %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+        log.error("internal error while routing: %s\n%s", type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
         return _failed(RequestError("internal_error", f"internal error ({type(exc).__name__}); see the endpoint's "
                                                       f"log", 500), context)
 
