@@ -45,8 +45,10 @@ def artifact(tiny_dir, tmp_path_factory):
     return build([ADAPTER], tmp_path_factory.mktemp("dist"), base=str(tiny_dir), adapters_dir=adapters)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def container(artifact):
+    """One model server for the tests of a class, stopped before the next test starts its own (a container runs
+    one: the toolkit refuses to attach to a second multi-model-server on the host)."""
     with ContainerServer(artifact.archive, env={"TASKROUTER_THREADS": "1"}) as server:
         yield server
 
@@ -74,28 +76,6 @@ def closed_loop(post, record: dict, adapter: str = ADAPTER) -> list[dict]:
     return answers
 
 
-def test_model_server_is_healthy_on_loopback(container):
-    ping = container.ping()
-    assert ping.status == 200 and ping.json() == {"status": "Healthy"}
-    assert container.url.startswith("http://127.0.0.1:")
-
-
-def test_answers_equal_the_local_servers_request_after_request(container, local):
-    def via_container(body):
-        response = container.invoke(body)
-        return response.status, response.json()
-
-    def via_local(body):
-        response = local.post("/invocations", data=body, content_type="application/json")
-        return response.status_code, response.get_json()
-
-    for record in CONVERSATIONS:  # several requests in a row: later turns run on the prefix cache
-        there, here = closed_loop(via_container, record), closed_loop(via_local, record)
-        for turn, (a, b) in enumerate(zip(there, here)):
-            assert same_answer(a, b), (record["id"], turn, a, b)
-            assert (a["model"], a["adapter"], a["strategy"]) == (b["model"], b["adapter"], b["strategy"])
-
-
 LONG_TASKS = [{"name": f"task_{i}", "description": " ".join(["a long description of this task"] * 8)}
               for i in range(60)]
 BAD = [  # (body, content type, accept): each gets the README's status and {"error": ...} body
@@ -110,16 +90,39 @@ BAD = [  # (body, content type, accept): each gets the README's status and {"err
 ]
 
 
-def test_bad_input_gets_the_contracts_status_and_body(container, local):
-    statuses = []
-    for body, content_type, accept in BAD:
-        there = container.invoke(body, content_type, accept)
-        here = local.post("/invocations", data=body, content_type=content_type, headers={"Accept": accept})
-        assert there.status == here.status_code, (body[:80], there.body[:300], here.get_data()[:300])
-        assert json.loads(there.body) == here.get_json()
-        assert set(json.loads(there.body)) == {"error"}
-        statuses.append(there.status)
-    assert statuses == [400, 415, 400, 404, 413, 406]
+class TestOneModelServer:
+    """Health, answers and errors of one running model server."""
+
+    def test_model_server_is_healthy_on_loopback(self, container):
+        ping = container.ping()
+        assert ping.status == 200 and ping.json() == {"status": "Healthy"}
+        assert container.url.startswith("http://127.0.0.1:")
+
+    def test_answers_equal_the_local_servers_request_after_request(self, container, local):
+        def via_container(body):
+            response = container.invoke(body)
+            return response.status, response.json()
+
+        def via_local(body):
+            response = local.post("/invocations", data=body, content_type="application/json")
+            return response.status_code, response.get_json()
+
+        for record in CONVERSATIONS:  # several requests in a row: later turns run on the prefix cache
+            there, here = closed_loop(via_container, record), closed_loop(via_local, record)
+            for turn, (a, b) in enumerate(zip(there, here)):
+                assert same_answer(a, b), (record["id"], turn, a, b)
+                assert (a["model"], a["adapter"], a["strategy"]) == (b["model"], b["adapter"], b["strategy"])
+
+    def test_bad_input_gets_the_contracts_status_and_body(self, container, local):
+        statuses = []
+        for body, content_type, accept in BAD:
+            there = container.invoke(body, content_type, accept)
+            here = local.post("/invocations", data=body, content_type=content_type, headers={"Accept": accept})
+            assert there.status == here.status_code, (body[:80], there.body[:300], here.get_data()[:300])
+            assert json.loads(there.body) == here.get_json()
+            assert set(json.loads(there.body)) == {"error"}
+            statuses.append(there.status)
+        assert statuses == [400, 415, 400, 404, 413, 406]
 
 
 def with_legacy_manifest(src: Path, dst: Path) -> Path:
