@@ -249,12 +249,19 @@ def test_deploy_the_artifact_to_moto(artifact, tiny_dir, monkeypatch, capsys):
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="models")
         role = boto3.client("iam", region_name="us-east-1").create_role(
             RoleName="sm", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        answer = {"task": "meeting_recap", "event": "start", "confidence": 0.9, "model": tiny_dir.name,
+                  "adapter": ADAPTER, "candidates": [{"task": "meeting_recap", "p": 0.9}, {"task": "none", "p": 0.1}]}
+        import requests  # moto's endpoint answers deploy's smoke request with this
+
+        requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results", json={
+            "region": "us-east-1", "results": [{"Body": json.dumps(answer), "ContentType": "application/json"}]})
         main(["deploy", "--artifact", str(artifact.archive), "--endpoint-name", "tiny", "--role", role,
               "--bucket", "models", "--region", "us-east-1", "--poll-seconds", "0",
               "--instance-type", "ml.g4dn.xlarge",  # moto's instance type list predates ml.g5
               "--min-instances", "1", "--max-instances", "3"])
         out = capsys.readouterr().out
         assert "endpoint tiny: InService" in out and "auto scaling: 1-3 instances" in out
+        assert f"smoke request answered: task meeting_recap (start, confidence 0.900), model {tiny_dir.name}" in out
         sm = boto3.client("sagemaker", region_name="us-east-1")
         model = sm.describe_model(ModelName=f"tiny-{artifact.sha256[:12]}")["PrimaryContainer"]
         assert model["ModelDataUrl"] == f"s3://models/taskrouter/tiny/{artifact.sha256[:12]}/model.tar.gz"
