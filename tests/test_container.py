@@ -186,6 +186,7 @@ def test_verify_catches_a_router_that_loses_its_cache_on_the_images_transformers
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # builds the 455 MiB artifact and loads Gemma 270M twice: past 600 s on a loaded CPU
 def test_embedded_model_answers_equal_the_local_servers(tmp_path_factory):
     """The shipped artifact (embedded Gemma 3 270M + gemma3-270m-router) under the model server, turn after turn."""
     from taskrouter.serving.app import create_app
