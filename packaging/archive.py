@@ -13,7 +13,8 @@ import os
 import tarfile
 from pathlib import Path
 
-MANIFEST_NAME = "MANIFEST.json"
+# Not MANIFEST.json: multi-model-server takes a top-level MANIFEST.json for a legacy model archive and fails to load it
+MANIFEST_NAME = "taskrouter-manifest.json"
 MTIME = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))  # the reproducible-builds convention
 CHUNK = 8 * 2**20
 
@@ -86,7 +87,7 @@ class _Counting:
 
 
 def verify_files(root: Path) -> list[str]:
-    """Paths under an unpacked artifact whose checksum differs from its MANIFEST.json, or are missing/extra."""
+    """Paths under an unpacked artifact whose checksum differs from its manifest, or are missing/extra."""
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     expected = manifest["files"]
     present = set(list_files(root)) - {MANIFEST_NAME}

@@ -1,10 +1,11 @@
-"""Assemble the SageMaker model.tar.gz: base weights, taskrouter.json, adapters/, code/, MANIFEST.json.
+"""Assemble the SageMaker model.tar.gz: base weights, taskrouter.json, adapters/, code/, taskrouter-manifest.json.
 
 Layout (no top-level folder, as the Hugging Face inference toolkit unpacks it into
 /opt/ml/model): config.json + model.safetensors + tokenizer files at the top,
 `taskrouter.json` ({"base_model", "quantization"}, read by the handler's model_fn),
 `adapters/NAME/` (peft files + router.json), `code/` (inference.py, requirements.txt,
-the taskrouter library) and `MANIFEST.json` (sha256 of every other file).
+wheels/ of what the image lacks, the taskrouter library) and `taskrouter-manifest.json`
+(sha256 of every other file).
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 from taskrouter.embedded import EMBEDDED_NAME
-from taskrouter.loading import DEFAULT_ADAPTERS_DIR, MANIFEST
+from taskrouter.loading import DEFAULT_ADAPTERS_DIR, MANIFEST, plain_linears
 from taskrouter.resources import PACKAGE, artifact_code_dir
 
 from .archive import MANIFEST_NAME, file_manifest, write_archive, write_manifest
+from .wheels import WheelsError, bundle
 
 # folders an installed wheel keeps inside the taskrouter package that are no part of the artifact's library
 NOT_IN_ARTIFACT = ("serving", "evaluation", "training", "packaging", "model_artifacts", "loadtest", "artifact_code")
@@ -74,15 +76,22 @@ def read_adapter(adapters_dir: Path, name: str) -> Adapter:
     return Adapter(name, path, manifest)
 
 
-def base_name(source: str) -> str:
-    """The name adapters' router.json use for a base: embedded name, taskrouter.json of a directory, or the hub id."""
+def base_name(source: str, trained_for: set[str] = frozenset()) -> str:
+    """The name adapters' router.json use for a base: the embedded name, a directory's taskrouter.json, the hub id
+    of a hub-cache snapshot folder, the hub id among `trained_for` whose last part is the folder's name, or the hub id."""
     if source in ("embedded", EMBEDDED_NAME):
         return EMBEDDED_NAME
     path = Path(source)
-    if path.is_dir():
-        info = path / "taskrouter.json"
-        return json.loads(info.read_text())["base_model"] if info.exists() else path.name
-    return source
+    if not path.is_dir():
+        return source
+    info = path / "taskrouter.json"
+    if info.exists():
+        return json.loads(info.read_text())["base_model"]
+    resolved = path.resolve()
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return resolved.parent.parent.name.removeprefix("models--").replace("--", "/")
+    named = sorted(b for b in trained_for if b.rsplit("/", 1)[-1] == resolved.name)
+    return named[0] if len(named) == 1 else resolved.name
 
 
 def local_base(source: str) -> Path:
@@ -137,7 +146,8 @@ def write_base(source_dir: Path, stage: Path, quantization: str) -> None:
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)
+        with plain_linears():
+            model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)
     except (RuntimeError, ValueError) as exc:
         if quantization != "nf4":
             raise
@@ -153,10 +163,15 @@ def write_base(source_dir: Path, stage: Path, quantization: str) -> None:
 
 def copy_code(stage: Path) -> None:
     """code/ = the artifact's files (inference.py, requirements.txt) and the core taskrouter library, without
-    caches: from a checkout's code/ folder or from an installed wheel alike."""
+    caches, from a checkout's code/ folder or from an installed wheel alike, plus code/wheels/ with what
+    requirements.txt needs beyond the image."""
     caches = ("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(artifact_code_dir(), stage / "code", ignore=shutil.ignore_patterns(*caches, "taskrouter"))
+    shutil.copytree(artifact_code_dir(), stage / "code", ignore=shutil.ignore_patterns(*caches, "taskrouter", "wheels"))
     shutil.copytree(PACKAGE, stage / "code" / "taskrouter", ignore=shutil.ignore_patterns(*caches, *NOT_IN_ARTIFACT))
+    try:
+        bundle(stage / "code")
+    except WheelsError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def build(
@@ -169,7 +184,7 @@ def build(
     compresslevel: int = 1,
     progress: Callable[[int], Callable[[int], None]] | None = None,
 ) -> BuildResult:
-    """Build `out/NAME/model.tar.gz` (NAME: `name`, else the first adapter, else the base) and MANIFEST.json beside it.
+    """Build `out/NAME/model.tar.gz` (NAME: `name`, else the first adapter, else the base) and its manifest beside it.
 
     `progress(total_bytes)` returns the callback that archiving calls with each chunk's size.
     """
@@ -182,7 +197,7 @@ def build(
                              f"build one artifact per base")
         base = bases[0] if bases else "embedded"
         base = "embedded" if base == EMBEDDED_NAME else base
-    wanted = base_name(base)
+    wanted = base_name(base, {a.base_model for a in adapters if a.base_model})
     for adapter in adapters:
         if adapter.base_model != wanted:
             raise BuildError(f"--adapter {adapter.name} was trained for base {adapter.base_model!r}, "

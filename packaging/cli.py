@@ -15,6 +15,8 @@ from pathlib import Path
 
 from taskrouter.resources import adapters_dir
 
+from .archive import MANIFEST_NAME
+
 
 def _bytes_bar(desc: str):
     """A progress(total) factory for a tqdm bar in bytes, on stderr."""
@@ -38,8 +40,8 @@ def add_build(sub) -> None:
     p = sub.add_parser("build", help="write dist/NAME/model.tar.gz (base + adapters + code/)",
                        description="Assemble the SageMaker artifact: base weights (NF4 or bf16) and tokenizer at the "
                                    "top level, taskrouter.json, adapters/NAME/, code/ (inference.py, requirements.txt, "
-                                   "the taskrouter library) and MANIFEST.json with sha256 checksums. Reproducible: "
-                                   "the same inputs give the same archive checksum.")
+                                   "the taskrouter library, wheels/ of what the image lacks) and taskrouter-manifest.json "
+                                   "with sha256 checksums. Reproducible: the same inputs give the same archive checksum.")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME",
                    help="adapter under --adapters-dir to include (repeatable; the first names the artifact)")
     p.add_argument("--base", help="base model: a local directory, a Hugging Face hub id (must be cached when "
@@ -75,18 +77,24 @@ def run_build(args: argparse.Namespace) -> None:
           f"unpacked), base {result.manifest['base_model']} {result.manifest['quantization']}, "
           f"adapters: {', '.join(result.manifest['adapters']) or 'none'}")
     print(f"sha256 {result.sha256}  built in {result.seconds:.1f} s (weights {result.phases['weights']:.1f} s, "
-          f"archive {result.phases['archive']:.1f} s); manifest: {result.archive.with_name('MANIFEST.json')}")
+          f"archive {result.phases['archive']:.1f} s); manifest: {result.archive.with_name(MANIFEST_NAME)}")
 
 
 def add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="unpack the artifact and run one request through it in a fresh process",
-                       description="Unpack model.tar.gz into a temporary directory, check its files against "
-                                   "MANIFEST.json, then in a fresh isolated Python process (the artifact's code/ first on "
-                                   "sys.path, as in the container) run model_fn -> input_fn -> predict_fn -> output_fn "
-                                   "on a smoke request. Exit status 1 on any failure.")
+    p = sub.add_parser("verify", help="route a conversation through the artifact, here and under SageMaker's model server",
+                       description="Unpack model.tar.gz into a temporary directory and check its files against "
+                                   "taskrouter-manifest.json; route a 3-turn conversation through its code/inference.py "
+                                   "in a fresh isolated Python process (the artifact's code/ first on sys.path); then "
+                                   "through the SageMaker Hugging Face image's own model server (multi-model-server and "
+                                   "the inference toolkit at the image's versions, in a cached venv; needs Java), on "
+                                   "127.0.0.1, with code/requirements.txt installed without a package index as at "
+                                   "container start. The answers must agree and a malformed body must get 400. "
+                                   "Exit status 1 on any failure.")
     p.add_argument("artifact", type=Path, help="dist/NAME/model.tar.gz")
-    p.add_argument("--request", type=Path, help="JSON request to send (default: a 3-task smoke request using the "
-                                               "artifact's first adapter)")
+    p.add_argument("--request", type=Path, help="JSON request, or a list of requests sent in order, instead of the "
+                                               "3-turn smoke conversation over the artifact's first adapter")
+    p.add_argument("--no-container", action="store_true",
+                   help="skip the model-server run (for an artifact served on-prem by taskrouter serve)")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the handler (default 900)")
 
 
@@ -95,16 +103,26 @@ def run_verify(args: argparse.Namespace) -> None:
 
     try:
         request = json.loads(args.request.read_text()) if args.request else None
-        result = verify(args.artifact, request, args.timeout)
     except (OSError, ValueError) as exc:
         sys.exit(f"error: --request {args.request}: {exc}")
+    if request is not None and not isinstance(request, list):
+        request = [request]
+    try:
+        result = verify(args.artifact, request, args.timeout, container=not args.no_container,
+                        say=lambda line: print(line, file=sys.stderr))
     except VerifyError as exc:
         sys.exit(f"error: {args.artifact}: {exc}")
-    print(json.dumps(result.answer))
+    for answer in result.answers:
+        print(json.dumps(answer))
     t = result.timings
-    print(f"ok: model_fn {t['model_fn_s']:.1f} s, first request {t['first_request_ms']:.0f} ms, "
-          f"second (cached prefix) {t['second_request_ms']:.0f} ms; task {result.answer['task']}, "
-          f"adapter {result.answer.get('adapter')}; library {result.library}")
+    where = "here and under the SageMaker model server" if "container_start_s" in t else "here"
+    line = (f"ok ({where}): model_fn {t['model_fn_s']:.1f} s, requests "
+            f"{', '.join(f'{ms:.0f}' for ms in t['request_ms'])} ms")
+    if "container_start_s" in t:
+        line += (f"; model server ready in {t['container_start_s']:.0f} s, requests "
+                 f"{', '.join(f'{ms:.0f}' for ms in t['container_request_ms'])} ms")
+    print(f"{line}; task {result.answers[-1]['task']}, adapter {result.answers[-1].get('adapter')}; "
+          f"library {result.library}")
 
 
 def _aws_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,8 +135,10 @@ def add_deploy(sub) -> None:
                        description="Upload the artifact to s3://BUCKET/PREFIX/ENDPOINT/<sha12>/model.tar.gz, create the "
                                    "model (Hugging Face PyTorch inference DLC for the region, script mode "
                                    "SAGEMAKER_PROGRAM=inference.py) and endpoint config, create the endpoint or update it "
-                                   "when it exists, wait until InService, then optionally register Application Auto "
-                                   "Scaling (target tracking on invocations per instance).")
+                                   "when it exists, wait until InService, invoke it once with the smoke request of "
+                                   "`package verify` (the answer must be valid and, when verify recorded one for this "
+                                   "archive, choose the same task), and register Application Auto Scaling (target "
+                                   "tracking on invocations per instance), again whatever the outcome of an update.")
     p.add_argument("--artifact", type=Path, required=True, help="dist/NAME/model.tar.gz")
     _aws_arguments(p)
     p.add_argument("--role", required=True, help="IAM role ARN SageMaker assumes (S3 read on the bucket, ECR pull, logs)")
@@ -169,6 +189,10 @@ def run_deploy(args: argparse.Namespace) -> None:
     status = desc.get("EndpointStatus", "creating (not waited for)")
     print(f"endpoint {args.endpoint_name}: {status}; config {desc['EndpointConfigName']}; "
           f"model data {desc['ModelDataUrl']}; image {desc['Image']}")
+    if desc.get("Answer"):
+        answer = desc["Answer"]
+        print(f"smoke request answered: task {answer['task']} ({answer.get('event')}, confidence "
+              f"{answer.get('confidence', 0):.3f}), model {answer.get('model')}, adapter {answer.get('adapter')}")
     if scaling:
         print(f"auto scaling: {scaling.min_instances}-{scaling.max_instances} instances, target "
               f"{scaling.target_invocations:g} invocations/instance/minute")

@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from .archive import MANIFEST_NAME, sha256_file
 
+VERIFIED = "verified.json"  # written beside the archive by `package verify`: its sha256 and the answers it got
 VARIANT = "AllTraffic"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 METRIC = "SageMakerVariantInvocationsPerInstance"
@@ -120,7 +121,7 @@ def check_role(aws: Aws, role_arn: str) -> None:
 
 
 def read_manifest(archive: Path) -> dict:
-    """MANIFEST.json from beside the archive, else from inside it (it is among the first entries)."""
+    """The artifact manifest from beside the archive, else from inside it."""
     beside = archive.with_name(MANIFEST_NAME)
     if beside.exists():
         return json.loads(beside.read_text())
@@ -254,10 +255,56 @@ def container_env(manifest: dict, region: str, extra: dict[str, str]) -> dict[st
         # glibc's per-thread arenas and rising mmap threshold otherwise grow RSS far past the model (docs/serving.md)
         "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
     }
-    adapters = sorted(manifest.get("adapters", {}))
-    if adapters:
-        env["TASKROUTER_DEFAULT_ADAPTER"] = adapters[0] if manifest.get("name") not in adapters else manifest["name"]
+    adapter = default_adapter(manifest)
+    if adapter:
+        env["TASKROUTER_DEFAULT_ADAPTER"] = adapter
     return {**env, **extra}
+
+
+def default_adapter(manifest: dict) -> str | None:
+    """The adapter the endpoint uses when a request names none: the artifact's namesake, else its first."""
+    adapters = sorted(manifest.get("adapters", {}))
+    if not adapters:
+        return None
+    return manifest["name"] if manifest.get("name") in adapters else adapters[0]
+
+
+def recorded_answers(archive: Path, digest: str) -> list[dict] | None:
+    """The answers `package verify` recorded for this very archive (verified.json beside it), if any."""
+    record = archive.with_name(VERIFIED)
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    return data["answers"] if data.get("sha256") == digest else None
+
+
+def check_endpoint(aws: Aws, endpoint: str, manifest: dict, expected: list[dict] | None) -> dict:
+    """Invoke the endpoint once with the first turn of verify's smoke conversation; the answer must name one of its
+    tasks, come from the artifact's base and default adapter and, when `package verify` recorded an answer for this
+    archive, choose the same task. Raises DeployError saying what came back."""
+    from .verify import SMOKE_TASKS, smoke_requests
+
+    request = smoke_requests(default_adapter(manifest))[0]
+    body = invoke(aws, endpoint, json.dumps(request).encode())
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    wrong = None
+    if not isinstance(answer, dict):
+        wrong = f"not a JSON answer: {body[:200]!r}"
+    elif answer.get("task") not in {t["name"] for t in SMOKE_TASKS} | {"none"}:
+        wrong = f"task {answer.get('task')!r} is not one of the request's"
+    elif manifest.get("base_model") and answer.get("model") != manifest["base_model"]:
+        wrong = f"model {answer.get('model')!r}, not the artifact's base {manifest['base_model']!r}"
+    elif request.get("adapter") and answer.get("adapter") != request["adapter"]:
+        wrong = f"adapter {answer.get('adapter')!r}, not {request['adapter']!r}"
+    elif expected and answer.get("task") != expected[0].get("task"):
+        wrong = f"task {answer.get('task')!r}, but package verify got {expected[0].get('task')!r} for this archive"
+    if wrong:
+        raise DeployError(f"endpoint {endpoint} is InService but answered the smoke request wrongly ({wrong}); "
+                          f"it is serving that now: deploy the previous artifact or package delete it")
+    return answer
 
 
 def deploy(aws: Aws, plan: DeployPlan, wait: bool = True, poll_seconds: float = 15, timeout: float = 3600,
@@ -293,7 +340,7 @@ def deploy(aws: Aws, plan: DeployPlan, wait: bool = True, poll_seconds: float = 
                 "InitialInstanceCount": plan.scaling.min_instances if plan.scaling else 1,
                 "ContainerStartupHealthCheckTimeoutInSeconds": 900, "ModelDataDownloadTimeoutInSeconds": 1800}])
         existing = _exists(sm.describe_endpoint, EndpointName=plan.endpoint)
-        previous, scaling = None, plan.scaling
+        previous, scaling, retype = None, plan.scaling, False
         if existing is None:
             sm.create_endpoint(EndpointName=plan.endpoint, EndpointConfigName=name)
         elif existing["EndpointConfigName"] != name:
@@ -305,17 +352,44 @@ def deploy(aws: Aws, plan: DeployPlan, wait: bool = True, poll_seconds: float = 
                                   f"wait for it to settle, then deploy again")
             previous = existing["EndpointConfigName"]
             scaling = scaling or current_scaling(aws, plan.endpoint)
-            remove_scaling(aws, plan.endpoint)
+            retype = scaling is not None and instance_type(aws, previous) != plan.instance_type
+            if retype and not wait:
+                raise DeployError("--no-wait: this update changes the instance type of an auto-scaled endpoint, which "
+                                  "needs its scaling deregistered until the update ends; drop --no-wait")
+            if retype:  # SageMaker refuses an instance type change on a registered variant
+                remove_scaling(aws, plan.endpoint)
             sm.update_endpoint(EndpointName=plan.endpoint, EndpointConfigName=name)
         if not wait:
             return {"EndpointName": plan.endpoint, "EndpointConfigName": name, "ModelDataUrl": model_data,
                     "Image": image}
-        desc = wait_in_service(aws, plan.endpoint, name, poll_seconds, timeout, on_status)
-        if scaling:
-            apply_scaling(aws, plan.endpoint, scaling)
+        try:
+            desc = wait_in_service(aws, plan.endpoint, name, poll_seconds, timeout, on_status)
+            answer = check_endpoint(aws, plan.endpoint, manifest, recorded_answers(plan.archive, digest))
+        finally:  # rolled back, timed out, failed or served: the endpoint keeps its auto scaling
+            if scaling and (retype or plan.scaling):
+                restore_scaling(aws, plan.endpoint, scaling)
         if previous:
             delete_config_and_models(aws, previous, keep={name})
-    return {**desc, "ModelDataUrl": model_data, "Image": image}
+    return {**desc, "ModelDataUrl": model_data, "Image": image, "Answer": answer}
+
+
+def instance_type(aws: Aws, config: str) -> str | None:
+    desc = _exists(aws.client("sagemaker").describe_endpoint_config, EndpointConfigName=config)
+    return desc["ProductionVariants"][0]["InstanceType"] if desc else None
+
+
+def restore_scaling(aws: Aws, endpoint: str, scaling: Scaling) -> None:
+    """Register auto scaling again; when another error is already on its way, only say that this failed too."""
+    import sys
+
+    try:
+        apply_scaling(aws, endpoint, scaling)
+    except ClientError as exc:
+        if sys.exc_info()[0] is None:
+            raise
+        print(f"warning: auto scaling of {endpoint} could not be registered again ({exc}); once the endpoint is "
+              f"InService run: package deploy again, or aws application-autoscaling register-scalable-target",
+              file=sys.stderr)
 
 
 def delete_config_and_models(aws: Aws, config: str, keep: set[str] = frozenset()) -> list[str]:
@@ -346,8 +420,15 @@ def delete(aws: Aws, endpoint: str) -> list[str]:
 
 
 def invoke(aws: Aws, endpoint: str, body: bytes) -> str:
-    """POST one JSON request to the endpoint; returns the answer's body."""
+    """POST one JSON request to the endpoint; returns the answer's body. A 4xx/5xx of the model reaches boto3 as
+    ModelError (HTTP 424) carrying the container's status and body, which the error names."""
     with aws_errors():
-        response = aws.client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=endpoint, ContentType="application/json", Accept="application/json", Body=body)
+        try:
+            response = aws.client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=endpoint, ContentType="application/json", Accept="application/json", Body=body)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ModelError":
+                raise
+            raise DeployError(f"endpoint {endpoint} answered {exc.response.get('OriginalStatusCode', '?')}: "
+                              f"{exc.response.get('OriginalMessage', exc.response['Error'].get('Message'))}") from None
         return response["Body"].read().decode("utf-8")

@@ -1,18 +1,33 @@
-"""Hugging Face PyTorch inference DLC image URIs by region (AWS Deep Learning Containers).
+"""Hugging Face PyTorch inference DLC image URIs by region (AWS Deep Learning Containers), and what the image holds.
 
 URI: {account}.dkr.ecr.{region}.amazonaws.com[.cn]/huggingface-pytorch-inference:{tag}
-The tag pins PyTorch 2.6 / transformers 4.51.3 / Python 3.12 / CUDA 12.4; the
-toolkit then installs the artifact's code/requirements.txt (transformers 5, peft,
-bitsandbytes) at container start. Override with `package deploy --image-uri` for
-another version or a private image. The accounts are those of AWS's DLC registry
+The tag is the newest image, PyTorch 2.6 / transformers 5.5.3 / Python 3.12 / CUDA 12.4: the
+container-fidelity harness (packaging/harness.py) runs the artifact on exactly these versions.
+The older 4.51.3 images cannot run transformers 5 (their toolkit imports transformers.file_utils
+names that transformers 5 removed). code/requirements.txt pins the same versions, so the start-up
+install adds only what the image lacks, from wheels inside the artifact. Override with
+`package deploy --image-uri` for a private image. The accounts are those of AWS's DLC registry
 (most regions share 763104351884; opt-in regions have their own).
 """
 from __future__ import annotations
 
 REPOSITORY = "huggingface-pytorch-inference"
 TAGS = {
-    "gpu": "2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04",
-    "cpu": "2.6.0-transformers4.51.3-cpu-py312-ubuntu22.04",
+    "gpu": "2.6.0-transformers5.5.3-gpu-py312-cu124-ubuntu22.04",
+    "cpu": "2.6.0-transformers5.5.3-cpu-py312-ubuntu22.04",
+}
+# Python packages of that image (its Dockerfiles, aws/deep-learning-containers), as the harness installs them;
+# the toolkit is PyPI's 2.6.0 there (the image installs git commit f0c3eb2, not on PyPI: see harness.TOOLKIT_SHIM)
+IMAGE_PYTHON = "3.12"
+IMAGE_PACKAGES = {
+    "transformers": "5.5.3",
+    "huggingface_hub": "1.10.0",
+    "peft": "0.18.1",
+    "accelerate": "1.12.0",
+    "multi-model-server": "1.1.11",
+    "sagemaker-inference": "1.10.1",
+    "sagemaker-huggingface-inference-toolkit": "2.6.0",
+    "setuptools": "81.0.0",  # the image asks >=81.0.0; sagemaker-inference imports pkg_resources, gone from 82
 }
 DEFAULT_ACCOUNT = "763104351884"
 ACCOUNTS = {  # regions whose DLC registry is not DEFAULT_ACCOUNT

@@ -1,8 +1,9 @@
-"""Run one request through an unpacked artifact's code/inference.py, as the SageMaker container does.
+"""Run requests through an unpacked artifact's code/inference.py in this environment, as the local server does.
 
-Started by `package verify` as `python -I smoke.py MODEL_DIR REQUEST_FILE RESULT_FILE` in a fresh
+Started by `package verify` as `python -I smoke.py MODEL_DIR REQUESTS_FILE RESULT_FILE` in a fresh
 process: the artifact's code/ comes first on sys.path, so its own taskrouter library is the one
 imported, and the installed site-packages supply the dependencies (torch, transformers, peft).
+REQUESTS_FILE holds a JSON list of request bodies, sent in order (later ones reuse the prefix cache).
 """
 import importlib.util
 import json
@@ -11,26 +12,24 @@ import time
 from pathlib import Path
 
 
-def main(model_dir: str, request_file: str, result_file: str) -> None:
+def main(model_dir: str, requests_file: str, result_file: str) -> None:
     code = Path(model_dir, "code")
     sys.path.insert(0, str(code))
     spec = importlib.util.spec_from_file_location("inference", code / "inference.py")
     inference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(inference)
-    body = Path(request_file).read_bytes()
     started = time.perf_counter()
     model = inference.model_fn(model_dir)
-    timings = {"model_fn_s": round(time.perf_counter() - started, 3)}
+    timings = {"model_fn_s": round(time.perf_counter() - started, 3), "request_ms": []}
     answers = []
-    for key in ("first_request_ms", "second_request_ms"):  # the second one runs on the warm prefix cache
+    for request in json.loads(Path(requests_file).read_text()):
         started = time.perf_counter()
-        data = inference.input_fn(body, "application/json")
-        answers.append(inference.output_fn(inference.predict_fn(data, model), "application/json"))
-        timings[key] = round((time.perf_counter() - started) * 1000, 1)
+        data = inference.input_fn(json.dumps(request), "application/json")
+        answers.append(json.loads(inference.output_fn(inference.predict_fn(data, model), "application/json")))
+        timings["request_ms"].append(round((time.perf_counter() - started) * 1000, 1))
     import taskrouter
 
-    Path(result_file).write_text(json.dumps({"answer": json.loads(answers[-1]), "timings": timings,
-                                             "library": taskrouter.__file__}))
+    Path(result_file).write_text(json.dumps({"answers": answers, "timings": timings, "library": taskrouter.__file__}))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,6 @@ def test_killed_worker_fails_its_client_fast_and_is_replaced(server, request_pay
     outcome: dict = {}
 
     def client():
-        started = time.monotonic()
         try:
             outcome["status"] = requests.post(f"{url}/invocations", json=slow_payload(request_payload), timeout=60).status_code
         except requests.ConnectionError as exc:

@@ -59,26 +59,30 @@ def members(archive: Path) -> dict[str, tarfile.TarInfo]:
 def test_layout_is_what_the_sagemaker_toolkit_expects(artifact, tiny_dir):
     entries = members(artifact.archive)
     names = set(entries)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "taskrouter.json", "MANIFEST.json",
+    assert {"config.json", "model.safetensors", "tokenizer.json", "taskrouter.json", "taskrouter-manifest.json",
             f"adapters/{ADAPTER}/adapter_config.json", f"adapters/{ADAPTER}/adapter_model.safetensors",
             f"adapters/{ADAPTER}/router.json", "code/inference.py", "code/requirements.txt",
             "code/taskrouter/handler.py", "code/taskrouter/router.py"} <= names
+    assert "MANIFEST.json" not in names  # multi-model-server would take it for a legacy model archive
+    wheels = {n.split("/")[-1].split("-")[0] for n in names if n.startswith("code/wheels/")}
+    assert {"bitsandbytes", "pydantic", "pydantic_core"} <= wheels  # installed at start without a package index
+    assert any(n.startswith("code/wheels/pydantic_core-") and "cp312" in n for n in names)  # the image's Python
     assert not any("__pycache__" in n or n.endswith(".pyc") or n.startswith(("/", "./")) for n in names)
     assert not any(n.startswith("code/taskrouter/serving") for n in names)  # only the code/ folder ships
     assert list(entries) == sorted(entries)
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in entries.values()} == {(0, 0, 0, "", "")}
     with tarfile.open(artifact.archive) as tar:
         info = json.load(tar.extractfile("taskrouter.json"))
-        manifest = json.load(tar.extractfile("MANIFEST.json"))
+        manifest = json.load(tar.extractfile("taskrouter-manifest.json"))
         config = json.load(tar.extractfile("config.json"))
         weights = tar.extractfile("model.safetensors").read()
     assert info == {"base_model": tiny_dir.name, "quantization": "bf16"}
     assert config["dtype"] == "bfloat16" and weights
-    assert set(manifest["files"]) == names - {"MANIFEST.json"}
+    assert set(manifest["files"]) == names - {"taskrouter-manifest.json"}
     assert manifest["adapters"][ADAPTER]["base_model"] == tiny_dir.name
     with open(artifact.archive, "rb") as f:
         assert f.read(8)[4:8] == b"\0\0\0\0"  # gzip header mtime
-    assert artifact.archive.with_name("MANIFEST.json").exists()
+    assert artifact.archive.with_name("taskrouter-manifest.json").exists()
     assert artifact.sha256 == sha256_file(artifact.archive)
 
 
@@ -93,7 +97,7 @@ def test_build_cli_prints_size_and_checksums(tiny_dir, adapters_dir, tmp_path, c
           "--out", str(tmp_path), "--quantize", "bf16"])
     out = capsys.readouterr().out
     archive = tmp_path / ADAPTER / "model.tar.gz"
-    assert f"sha256 {sha256_file(archive)}" in out and "KiB" in out
+    assert f"sha256 {sha256_file(archive)}" in out and "MiB" in out  # the bundled wheels make it tens of MiB
     assert "  code/inference.py" in out and len(out.split("\n")[0].split()[0]) == 64
 
 
@@ -150,12 +154,13 @@ def test_nf4_artifact_loads_and_routes_on_cpu(tiny_dir, adapters_dir, tmp_path, 
 
 def test_verify_runs_the_handler_in_a_fresh_process(artifact, tiny_dir, capsys, monkeypatch):
     monkeypatch.setenv("TASKROUTER_THREADS", "1")  # the child inherits it: no thread contention on a busy CI box
-    main(["verify", str(artifact.archive)])
+    main(["verify", str(artifact.archive), "--no-container"])
     lines = capsys.readouterr().out.strip().splitlines()
-    answer = json.loads(lines[0])
-    assert answer["adapter"] == ADAPTER and answer["model"] == tiny_dir.name and answer["strategy"] == "adapter"
-    assert lines[1].startswith("ok: model_fn")
-    library = lines[1].rsplit("library ", 1)[1]  # the artifact's code/, not the checkout's
+    answers = [json.loads(line) for line in lines[:-1]]
+    assert len(answers) == 3  # the smoke conversation, turn by turn
+    assert all(a["adapter"] == ADAPTER and a["model"] == tiny_dir.name and a["strategy"] == "adapter" for a in answers)
+    assert lines[-1].startswith("ok (here): model_fn")
+    library = lines[-1].rsplit("library ", 1)[1]  # the artifact's code/, not the checkout's
     assert "taskrouter-verify-" in library and library.endswith("model/code/taskrouter/__init__.py")
 
 
@@ -173,13 +178,13 @@ def repack(src: Path, dst: Path, change) -> Path:
 def test_verify_fails_on_a_broken_artifact(artifact, tmp_path):
     tampered = repack(artifact.archive, tmp_path / "tampered.tar.gz",
                       lambda n, d: d + b"\n# changed\n" if n == "code/taskrouter/router.py" else d)
-    with pytest.raises(VerifyError, match="files differ from MANIFEST.json: checksum code/taskrouter/router.py"):
-        verify(tampered)
+    with pytest.raises(VerifyError, match="files differ from taskrouter-manifest.json: checksum code/taskrouter/router.py"):
+        verify(tampered, container=False)
 
     def break_handler(name, data):
         if name == "code/inference.py":
             return b"raise RuntimeError('broken handler')\n"
-        if name == "MANIFEST.json":
+        if name == "taskrouter-manifest.json":
             manifest = json.loads(data)
             manifest["files"]["code/inference.py"]["sha256"] = hashlib.sha256(
                 b"raise RuntimeError('broken handler')\n").hexdigest()
@@ -188,7 +193,7 @@ def test_verify_fails_on_a_broken_artifact(artifact, tmp_path):
 
     broken = repack(artifact.archive, tmp_path / "broken.tar.gz", break_handler)
     with pytest.raises(SystemExit) as info:
-        main(["verify", str(broken)])
+        main(["verify", str(broken), "--no-container"])
     assert "the handler failed (exit 1): RuntimeError: broken handler" in str(info.value)
     with pytest.raises(SystemExit, match="no such file"):
         main(["verify", str(tmp_path / "missing.tar.gz")])
@@ -236,20 +241,25 @@ def test_serve_the_artifact_over_http(artifact, request_payload, tmp_path):
 def test_deploy_the_artifact_to_moto(artifact, tiny_dir, monkeypatch, capsys):
     from moto import mock_aws
 
-    from taskrouter.packaging import deploy
-
     with mock_aws():
         import boto3
 
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="models")
         role = boto3.client("iam", region_name="us-east-1").create_role(
             RoleName="sm", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        answer = {"task": "meeting_recap", "event": "start", "confidence": 0.9, "model": tiny_dir.name,
+                  "adapter": ADAPTER, "candidates": [{"task": "meeting_recap", "p": 0.9}, {"task": "none", "p": 0.1}]}
+        import requests  # moto's endpoint answers deploy's smoke request with this
+
+        requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results", json={
+            "region": "us-east-1", "results": [{"Body": json.dumps(answer), "ContentType": "application/json"}]})
         main(["deploy", "--artifact", str(artifact.archive), "--endpoint-name", "tiny", "--role", role,
               "--bucket", "models", "--region", "us-east-1", "--poll-seconds", "0",
               "--instance-type", "ml.g4dn.xlarge",  # moto's instance type list predates ml.g5
               "--min-instances", "1", "--max-instances", "3"])
         out = capsys.readouterr().out
         assert "endpoint tiny: InService" in out and "auto scaling: 1-3 instances" in out
+        assert f"smoke request answered: task meeting_recap (start, confidence 0.900), model {tiny_dir.name}" in out
         sm = boto3.client("sagemaker", region_name="us-east-1")
         model = sm.describe_model(ModelName=f"tiny-{artifact.sha256[:12]}")["PrimaryContainer"]
         assert model["ModelDataUrl"] == f"s3://models/taskrouter/tiny/{artifact.sha256[:12]}/model.tar.gz"

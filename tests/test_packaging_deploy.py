@@ -18,14 +18,24 @@ INSTANCE = "ml.g4dn.xlarge"  # moto's instance type list predates ml.g5 (the rea
 
 
 def fake_archive(root: Path, content: str) -> Path:
-    """A small model.tar.gz with a MANIFEST.json naming an adapter (deploy never looks at the weights)."""
+    """A small model.tar.gz with a manifest naming a base and an adapter (deploy never looks at the weights)."""
     stage = root / f"stage-{content}"
     (stage / "code").mkdir(parents=True)
     (stage / "code" / "inference.py").write_text(f"# {content}\n")
-    write_manifest(stage, file_manifest(stage, {"name": "demo", "adapters": {"demo": {}}}))
+    write_manifest(stage, file_manifest(stage, {"name": "demo", "base_model": "tiny", "adapters": {"demo": {}}}))
     out = root / content / "model.tar.gz"
     write_archive(stage, out)
     return out
+
+
+SMOKE_ANSWER = {"task": "meeting_recap", "event": "start", "confidence": 0.9, "model": "tiny", "adapter": "demo",
+                "candidates": [{"task": "meeting_recap", "p": 0.9}, {"task": "none", "p": 0.1}]}
+
+
+def endpoint_answers(*bodies) -> None:
+    """Queue what moto's endpoint answers to the next distinct requests (a repeated request gets the same one)."""
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results", json={
+        "region": REGION, "results": [{"Body": json.dumps(b), "ContentType": "application/json"} for b in bodies]})
 
 
 @pytest.fixture
@@ -35,6 +45,7 @@ def aws(monkeypatch):
             Bucket="models", CreateBucketConfiguration={"LocationConstraint": REGION})
         connection = dep.connect(REGION)
         monkeypatch.setattr(dep, "connect", lambda region=None: connection)  # the CLI gets the hooked clients
+        endpoint_answers(SMOKE_ANSWER)  # the answer deploy's smoke request gets
         yield connection
 
 
@@ -44,7 +55,7 @@ def role(aws) -> str:
 
 
 def plan(archive: Path, role: str, **kw) -> dep.DeployPlan:
-    return dep.DeployPlan(archive, "router", role, "models", instance_type=INSTANCE, **kw)
+    return dep.DeployPlan(archive, "router", role, "models", **{"instance_type": INSTANCE, **kw})
 
 
 def emulate_update_endpoint(aws: dep.Aws, new_config_sticks: bool = True) -> list:
@@ -66,7 +77,7 @@ def emulate_update_endpoint(aws: dep.Aws, new_config_sticks: bool = True) -> lis
 
 def test_image_uri_table():
     assert image_uri("us-east-1") == ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inference:"
-                                      "2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04")
+                                      "2.6.0-transformers5.5.3-gpu-py312-cu124-ubuntu22.04")
     assert image_uri("eu-south-1", "ml.m5.xlarge").startswith("692866216735.dkr.ecr.eu-south-1.amazonaws.com/")
     assert "-cpu-py312" in image_uri("eu-south-1", "ml.m5.xlarge")
     assert ".amazonaws.com.cn/" in image_uri("cn-north-1")
@@ -118,11 +129,68 @@ def test_redeploy_is_a_noop_and_a_new_artifact_updates_in_place(aws, role, tmp_p
     assert dep.current_scaling(aws, "router") == dep.Scaling(1, 3, 80.0)
 
 
-def test_a_rolled_back_update_is_an_error(aws, role, tmp_path):
+def test_a_rolled_back_update_is_an_error_and_keeps_auto_scaling(aws, role, tmp_path):
     emulate_update_endpoint(aws, new_config_sticks=False)
-    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role), poll_seconds=0)
+    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role, scaling=dep.Scaling(1, 3, 80)), poll_seconds=0)
     with pytest.raises(dep.DeployError, match="the update was rolled back"):
-        dep.deploy(aws, plan(fake_archive(tmp_path, "v2"), role), poll_seconds=0)
+        dep.deploy(aws, plan(fake_archive(tmp_path, "v2"), role, instance_type="ml.m5.xlarge"), poll_seconds=0)
+    assert dep.current_scaling(aws, "router") == dep.Scaling(1, 3, 80.0)  # deregistered for the retype, back again
+
+
+def test_a_timed_out_update_keeps_auto_scaling(aws, role, tmp_path, monkeypatch):
+    emulate_update_endpoint(aws)
+    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role, scaling=dep.Scaling(2, 5, 60)), poll_seconds=0)
+    second = fake_archive(tmp_path, "v2")
+    new = f"router-{dep.archive_digest(second)[:12]}"
+
+    def updating(parsed, **_):  # the update never ends
+        if parsed.get("EndpointConfigName") == new:
+            parsed.update(EndpointStatus="Updating")
+
+    aws.client("sagemaker").meta.events.register("after-call.sagemaker.DescribeEndpoint", updating)
+    with pytest.raises(dep.DeployError, match="still Updating after 0 s"):
+        dep.deploy(aws, plan(second, role, instance_type="ml.m5.xlarge"), poll_seconds=0, timeout=0)
+    assert dep.current_scaling(aws, "router") == dep.Scaling(2, 5, 60.0)
+
+
+def test_no_wait_refuses_an_update_that_would_leave_scaling_deregistered(aws, role, tmp_path):
+    emulate_update_endpoint(aws)
+    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role, scaling=dep.Scaling(1, 2)), poll_seconds=0)
+    second = fake_archive(tmp_path, "v2")
+    with pytest.raises(dep.DeployError, match="--no-wait: this update changes the instance type"):
+        dep.deploy(aws, plan(second, role, instance_type="ml.m5.xlarge"), wait=False)
+    desc = dep.deploy(aws, plan(second, role), wait=False)  # same type: scaling stays on
+    assert desc["EndpointConfigName"] == f"router-{dep.archive_digest(second)[:12]}"
+    assert dep.current_scaling(aws, "router") == dep.Scaling(1, 2, 100.0)
+
+
+@pytest.mark.parametrize("answer, message", [
+    ({**SMOKE_ANSWER, "task": "launch_rockets"}, "task 'launch_rockets' is not one of the request's"),
+    ({**SMOKE_ANSWER, "model": "gpt-2"}, "model 'gpt-2', not the artifact's base 'tiny'"),
+    ({**SMOKE_ANSWER, "adapter": None}, "adapter None, not 'demo'"),
+])
+def test_deploy_fails_loudly_when_the_endpoint_answers_wrongly(tmp_path, answer, message, monkeypatch):
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(
+            Bucket="models", CreateBucketConfiguration={"LocationConstraint": REGION})
+        connection = dep.connect(REGION)
+        monkeypatch.setattr(dep, "connect", lambda region=None: connection)
+        endpoint_answers(answer)
+        role = connection.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        with pytest.raises(SystemExit) as info:
+            main(["deploy", "--artifact", str(fake_archive(tmp_path, "v1")), "--endpoint-name", "router", "--role",
+                  role, "--bucket", "models", "--instance-type", INSTANCE, "--poll-seconds", "0",
+                  "--min-instances", "1", "--max-instances", "2"])
+        assert message in str(info.value) and "is InService but answered the smoke request wrongly" in str(info.value)
+        assert dep.current_scaling(connection, "router") == dep.Scaling(1, 2, 100.0)
+
+
+def test_deploy_compares_with_the_answer_package_verify_recorded(aws, role, tmp_path):
+    archive = fake_archive(tmp_path, "v1")
+    archive.with_name(dep.VERIFIED).write_text(json.dumps({"sha256": dep.archive_digest(archive),
+                                                           "answers": [{**SMOKE_ANSWER, "task": "prepare_a_quote"}]}))
+    with pytest.raises(dep.DeployError, match="task 'meeting_recap', but package verify got 'prepare_a_quote'"):
+        dep.deploy(aws, plan(archive, role), poll_seconds=0)
 
 
 def test_a_failed_endpoint_gives_its_failure_reason(aws, role, tmp_path, capsys):
@@ -179,8 +247,7 @@ def test_missing_credentials_and_region(tmp_path, monkeypatch):
 def test_invoke_and_delete(aws, role, tmp_path, capsys):
     dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role, scaling=dep.Scaling(1, 2)), poll_seconds=0)
     answer = {"task": "meeting_recap", "event": "start", "adapter": "demo"}
-    requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results", json={
-        "region": REGION, "results": [{"Body": json.dumps(answer), "ContentType": "application/json"}]})
+    endpoint_answers(answer)
     (tmp_path / "req.json").write_text(json.dumps({"messages": [{"role": "user", "content": "recap please"}],
                                                    "tasks": [{"name": "meeting_recap"}]}))
     main(["invoke", "--endpoint-name", "router", "--request", str(tmp_path / "req.json"), "--region", REGION])
@@ -197,3 +264,19 @@ def test_invoke_and_delete(aws, role, tmp_path, capsys):
     assert sm.list_models()["Models"] == [] and dep.current_scaling(aws, "router") is None
     with pytest.raises(SystemExit, match="^error: --endpoint-name router: no such endpoint in eu-west-1$"):
         main(["delete", "--endpoint-name", "router"])
+
+
+def test_invoke_names_the_models_status_and_body(aws, role, tmp_path):
+    dep.deploy(aws, plan(fake_archive(tmp_path, "v1"), role), poll_seconds=0)
+    body = json.dumps({"error": {"code": "unsupported_media_type", "message": "content type 'text/plain'"}})
+
+    def model_error(**_):  # what the runtime sends for a container's 415: ModelError (HTTP 424)
+        return AWSResponse("https://runtime.sagemaker", 424, {}, None), {
+            "Error": {"Code": "ModelError", "Message": "Received client error (415) from primary"},
+            "OriginalStatusCode": 415, "OriginalMessage": body}
+
+    aws.client("sagemaker-runtime").meta.events.register("before-call.sagemaker-runtime.InvokeEndpoint", model_error)
+    (tmp_path / "req.json").write_text(json.dumps({"messages": [], "tasks": []}))
+    with pytest.raises(SystemExit) as info:
+        main(["invoke", "--endpoint-name", "router", "--request", str(tmp_path / "req.json")])
+    assert str(info.value) == f"error: endpoint router answered 415: {body}"

