@@ -69,7 +69,7 @@ def _tune(args: argparse.Namespace) -> None:
     configs = resolve_configs(args.config, read_configs(args.configs))
     for config in configs:
         tunable = config.adapter and config.strategy == "adapter" and config.decoding == "constrained"
-        if config.kind == "llm" and not tunable:
+        if config.kind != "embedding" and not tunable:
             raise ValueError(f"--config {config.name}: --tune sets an adapter's none bias; the config needs an "
                              "adapter, strategy adapter and constrained decoding")
     benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
@@ -152,5 +152,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote,
                      parallel=args.parallel)
     mode = ("teacher forcing" if args.teacher_forcing else "closed loop") + (f", {remote}" if remote else ", in-process")
+    if any(c.kind == "openai" for c in configs):
+        mode += "; openai configs through their own endpoints"
     write_report(out, benches, configs, result["predictions"], command_line(args), mode)
     print(f"{result['computed_turns']} turns routed; report: {out / 'report.md'}")

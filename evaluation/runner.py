@@ -72,7 +72,8 @@ def route_conversation(router: RouterLike, conv: dict, config: EvalConfig, teach
         valid = answer.valid and (task is None or task in names)  # a remote answer outside the list is invalid
         task = task if valid else None
         out.append({"id": conv["id"], "turn": label["turn"], "task": task, "event": event_for(current, task),
-                    "latency_ms": round(latency_ms, 2), "valid": valid})
+                    "latency_ms": round(latency_ms, 2), "valid": valid,
+                    **({"hosted": answer.hosted} if hasattr(answer, "hosted") else {})})  # endpoint usage
         predicted, gold = task, label["task"]
     return out
 
