@@ -1,9 +1,9 @@
 """Route with an LLM behind an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, vLLM, TGI, llama.cpp, Ollama,
 LM Studio), on the very prompt text the in-process models read, so their rows in one report are comparable.
 
-The prompt of `taskrouter.prompts` goes out as two chat messages: the instruction and task list as the system
-message, the conversation and the tail (current task, answer lead) as the user message; joined they are the
-in-process prompt, character for character. Constrained where the server can: a GBNF `grammar` (llama.cpp)
+The prompt of `taskrouter.prompts` goes out whole as one user message, character for character the
+in-process prompt (not split into a system message: some chat templates, Gemma's among them, drop or refuse
+the system role). Constrained where the server can: a GBNF `grammar` (llama.cpp)
 or an OpenAI `response_format` JSON schema (OpenAI, Azure, vLLM, llama.cpp's llama-server, Ollama, LM Studio),
 configured or detected by one probe request each. Otherwise the free text is read with the study's rule
 (`taskrouter.router.free_choice`), and a reply that names no listed task is an invalid output, counted as none.
@@ -36,8 +36,8 @@ class HostedAnswer(RouteAnswer):
 
 
 def chat_messages(prompt: Prompt) -> list[dict]:
-    """The prompt as chat messages, its text unchanged: system = instruction + task list, user = the rest."""
-    return [{"role": "system", "content": prompt.segments[0]}, {"role": "user", "content": "".join(prompt.segments[1:])}]
+    """The prompt as chat messages, its text unchanged: one user message."""
+    return [{"role": "user", "content": "".join(prompt.segments)}]
 
 
 def _literal(text: str) -> str:

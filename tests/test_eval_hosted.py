@@ -76,10 +76,8 @@ def test_chat_messages_carry_the_in_process_prompt_text_unchanged(strategy):
                           [Message(role="user", content="Recap the  ACME call"), Message(role="assistant", content="Ok"),
                            Message(role="user", content="Thanks, that's all")], "meeting_recap")
     messages = chat_messages(prompt)
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert "".join(m["content"] for m in messages) == "".join(prompt.segments)
-    assert messages[0]["content"].endswith("- none: no task fits\nConversation:\n")
-    assert messages[1]["content"].startswith("User: Recap the ACME call\n")
+    assert messages == [{"role": "user", "content": "".join(prompt.segments)}]
+    assert "- none: no task fits\nConversation:\nUser: Recap the ACME call\n" in messages[0]["content"]
 
 
 def test_read_answer_follows_the_study_rule():
@@ -115,7 +113,7 @@ def test_auto_detects_grammar_and_reads_grammar_answers(scripted):
     assert len(probes) == 1 and "taskrouter_probe" in probes[0]["body"]["grammar"]  # grammar is tried first
     assert routed["temperature"] == 0 and routed["model"] == "m" and routed["max_tokens"] == 64
     assert routed["grammar"] == gbnf("zero_shot", NAMES)
-    assert routed["messages"][1]["content"].endswith("Current task: none\nTask:")
+    assert routed["messages"][0]["content"].endswith("Current task: none\nTask:")
     router.route(request())
     assert len(server.requests) == 3  # detected once
 
