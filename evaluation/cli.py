@@ -7,7 +7,8 @@ closed-loop by default (current_task = the router's own previous answer);
 conversations already in DIR/predictions-<config>-<bench>.jsonl are not recomputed.
 With --endpoint or --sagemaker-endpoint the LLM configs are answered by a running
 server or a SageMaker endpoint (strategy, adapter and decoding are sent with each
-request; the config's model is whatever the server runs).
+request; the config's model is whatever the server runs). `kind: openai` configs always go to their own
+OpenAI-compatible endpoint (evaluation/hosted.py), on the same prompts, so open and hosted models share one report.
 
 --tune grid-searches each --config's none decision on the --bench files (never a
 dev/val or test split) instead of evaluating: the embedding baseline's cosine threshold
@@ -17,6 +18,7 @@ to its router.json, where the server reads it).
 Example:
   taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench ../shared/data/clinc150/val.jsonl@2000 \\
       --config base-zero-shot --config embedding --out runs/eval
+  taskrouter eval --bench evaluation/benchmarks/sales.jsonl --config adapter --config gpt-4o-mini --out runs/hosted
 """
 from __future__ import annotations
 
