@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections import Counter
 
@@ -19,12 +20,13 @@ from taskrouter.events import event_for
 from taskrouter.prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_LEAD, REASONING_TOKENS, Prompt, build_prompt
 from taskrouter.router import free_choice
 from taskrouter.schema import NONE, Candidate, RouteAnswer, RouteRequest
-from taskrouter.training.chat_client import ChatClient, ChatError, FatalChatError
+from taskrouter.training.chat_client import RETRY_STATUS, ChatClient, ChatError, FatalChatError
 
 from .configs import EvalConfig
 
 CONSTRAINTS = ("grammar", "json_schema")  # the order `constraint: auto` tries them: grammar reads like in-process
 PROBE = "taskrouter_probe"  # a name no unconstrained model answers to "Say hello."
+REFUSED = {400, 422, 500}  # how servers refuse an unknown constraint field (llama-cpp-python: 500, not 422)
 REASONING_CHARS = REASONING_TOKENS * 4  # the in-process reasoning line's token cap, at about 4 characters a token
 MAX_TOKENS = {"direct": 64, "reasoning": 192}
 
@@ -67,8 +69,14 @@ def json_schema(strategy: str, names: list[str]) -> dict:
 
 
 def read_answer(text: str, strategy: str, names: list[str], constraint: str | None) -> str | None:
-    """The listed name (or none) a reply gives, or None when it gives none: JSON's `task`, else the first
-    answer-lead line after reasoning, else the first line (a repeated answer lead is dropped), by the study's rule."""
+    """The listed name (or none) a reply gives, or None when it gives none. Constrained replies are read
+    exactly: JSON's `task`, or the grammar's answer. Free text by the study's rule: the first answer-lead
+    line after reasoning, else the first line (a repeated answer lead dropped)."""
+    if constraint == "grammar":
+        if strategy in REASONING_LEAD:  # the reasoning line holds no newline, the closing starts with one
+            text = text.partition(REASONING_CLOSE[strategy] + ANSWER_LEAD + " ")[2]
+        answer = text.removeprefix(" ")
+        return answer if answer in names else None
     if constraint == "json_schema":
         try:
             task = json.loads(text)["task"]
@@ -113,9 +121,11 @@ class HostedRouter:
         for method in CONSTRAINTS:
             try:
                 reply = self.client.chat(self._body([{"role": "user", "content": "Say hello."}], "zero_shot",
-                                                    [PROBE], method))
+                                                    [PROBE], method), retry_status=RETRY_STATUS - {500})
             except FatalChatError as exc:
-                if exc.status in (400, 422):  # the server refuses the field: it cannot constrain this way
+                if exc.status in REFUSED:  # the server refuses the field: it cannot constrain this way
+                    print(f"config {self.config.name}: the endpoint refused {method} (HTTP {exc.status})",
+                          file=sys.stderr)
                     continue
                 raise RuntimeError(f"config {self.config.name}: {exc}") from None
             except ChatError as exc:

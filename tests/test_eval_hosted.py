@@ -82,7 +82,7 @@ def test_chat_messages_carry_the_in_process_prompt_text_unchanged(strategy):
 
 def test_read_answer_follows_the_study_rule():
     assert read_answer("meeting_recap", "zero_shot", NAMES, None) == "meeting_recap"
-    assert read_answer(" Task: follow_up_email\nmore", "zero_shot", NAMES, "grammar") == "follow_up_email"
+    assert read_answer(" Task: follow_up_email\nmore", "zero_shot", NAMES, None) == "follow_up_email"
     assert read_answer("`none`.", "zero_shot", NAMES, None) == "none"
     assert read_answer("**meeting_recap**", "zero_shot", NAMES, None) is None  # the study's rule, not a lenient one
     assert read_answer("The user wants a recap.", "zero_shot", NAMES, None) is None
@@ -94,6 +94,14 @@ def test_read_answer_follows_the_study_rule():
     assert read_answer('{"task": "meeting_recap"}', "zero_shot", NAMES, "json_schema") == "meeting_recap"
     assert read_answer('{"task": "write_a_poem"}', "zero_shot", NAMES, "json_schema") is None
     assert read_answer('{"task": "meeting', "zero_shot", NAMES, "json_schema") is None  # cut by max_tokens
+
+
+def test_a_grammar_reply_is_read_exactly():  # the study's free-text rule would strip a name's closing quote
+    names = ['say "hi"', "ask.", "none"]
+    assert read_answer(' say "hi"', "zero_shot", names, "grammar") == 'say "hi"'
+    assert read_answer("ask.", "adapter", names, "grammar") == "ask."
+    assert read_answer('Greets.\nAction: answer\nTask: say "hi"', "react", names, "grammar") == 'say "hi"'
+    assert read_answer("say", "zero_shot", names, "grammar") is None  # cut short by max_tokens
 
 
 def test_grammar_escapes_names_and_bounds_the_reasoning_line():
@@ -131,6 +139,21 @@ def test_auto_falls_back_to_json_schema_then_to_free_text(scripted):
     assert (answer.task, answer.valid, answer.hosted["constraint"]) == ("none", False, "none")
     assert len(ignoring.requests) == 3  # two probes, then free text without constraint fields
     assert "grammar" not in ignoring.requests[-1]["body"] and "response_format" not in ignoring.requests[-1]["body"]
+
+
+def test_a_constraint_refused_with_500_is_not_retried(scripted, capsys):
+    def refusing(body):  # llama-cpp-python answers an unknown response_format type with 500
+        if "response_format" in body:
+            return 500, {"error": {"message": "Input should be 'text' or 'json_object'"}}
+        return completion("Hi there")
+
+    server = scripted(refusing)
+    router = hosted(server.url)
+    router.client.backoff = 5.0  # a retried 500 would take this long
+    started = time.monotonic()
+    assert router.constraint() is None and time.monotonic() - started < 4
+    assert len(server.requests) == 2
+    assert "config h: the endpoint refused json_schema (HTTP 500)" in capsys.readouterr().err
 
 
 def test_free_decoding_never_probes_and_extra_body_overrides(scripted):

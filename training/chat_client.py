@@ -53,8 +53,9 @@ class ChatClient:
         self.retries, self._lock = 0, threading.Lock()
         self.session = requests.Session()
 
-    def chat(self, body: dict) -> ChatReply:
-        """The endpoint's reply to one request body; raises FatalChatError or, after retries, ChatError."""
+    def chat(self, body: dict, retry_status: frozenset[int] | set[int] = RETRY_STATUS) -> ChatReply:
+        """The endpoint's reply to one request body; raises FatalChatError for a status outside
+        `retry_status` or, after retries, ChatError."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         for attempt in range(self.max_retries + 1):
             wait = self.backoff * (2 ** attempt)
@@ -66,7 +67,7 @@ class ChatClient:
                 if response.status_code == 200:
                     return _reply(response, attempt)
                 failure = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code not in RETRY_STATUS:
+                if response.status_code not in retry_status:
                     raise FatalChatError(self.url, response.status_code, response.text[:300])
                 wait = max(wait, _retry_after(response))
             if attempt == self.max_retries:
