@@ -18,7 +18,7 @@ from collections import Counter
 
 from taskrouter.events import event_for
 from taskrouter.prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_LEAD, REASONING_TOKENS, Prompt, build_prompt
-from taskrouter.router import free_choice
+from taskrouter.router import FREE_TOKENS, free_choice
 from taskrouter.schema import NONE, Candidate, RouteAnswer, RouteRequest
 from taskrouter.training.chat_client import RETRY_STATUS, ChatClient, ChatError, FatalChatError
 
@@ -28,7 +28,7 @@ CONSTRAINTS = ("grammar", "json_schema")  # the order `constraint: auto` tries t
 PROBE = "taskrouter_probe"  # a name no unconstrained model answers to "Say hello."
 REFUSED = {400, 422, 500}  # how servers refuse an unknown constraint field (llama-cpp-python: 500, not 422)
 REASONING_CHARS = REASONING_TOKENS * 4  # the in-process reasoning line's token cap, at about 4 characters a token
-MAX_TOKENS = {"direct": 64, "reasoning": 192}
+MAX_TOKENS = {"free": FREE_TOKENS, "constrained": 64, "reasoning": 192}  # reply caps, by how the answer comes
 
 
 class HostedAnswer(RouteAnswer):
@@ -135,7 +135,7 @@ class HostedRouter:
         return None
 
     def _body(self, messages: list[dict], strategy: str, names: list[str], constraint: str | None) -> dict:
-        kind = "reasoning" if strategy in REASONING_LEAD else "direct"
+        kind = "reasoning" if strategy in REASONING_LEAD else "constrained" if constraint else "free"
         body: dict = {"model": self.config.model, "messages": messages, "temperature": 0,
                       "max_tokens": self.config.max_tokens or MAX_TOKENS[kind]}
         if constraint == "grammar":

@@ -138,6 +138,7 @@ def test_auto_falls_back_to_json_schema_then_to_free_text(scripted):
     answer = router.route(request())
     assert (answer.task, answer.valid, answer.hosted["constraint"]) == ("none", False, "none")
     assert len(ignoring.requests) == 3  # two probes, then free text without constraint fields
+    assert ignoring.requests[-1]["body"]["max_tokens"] == 16  # as many tokens as in-process free decoding
     assert "grammar" not in ignoring.requests[-1]["body"] and "response_format" not in ignoring.requests[-1]["body"]
 
 
