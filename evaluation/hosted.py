@@ -3,9 +3,9 @@ LM Studio), on the very prompt text the in-process models read, so their rows in
 
 The prompt of `taskrouter.prompts` goes out whole as one user message, character for character the
 in-process prompt (not split into a system message: some chat templates, Gemma's among them, drop or refuse
-the system role). Constrained where the server can: a GBNF `grammar` (llama.cpp)
-or an OpenAI `response_format` JSON schema (OpenAI, Azure, vLLM, llama.cpp's llama-server, Ollama, LM Studio),
-configured or detected by one probe request each. Otherwise the free text is read with the study's rule
+the system role). Constrained where the server can: a GBNF `grammar` (llama.cpp) or an OpenAI
+`response_format` JSON schema (OpenAI, Azure, vLLM, llama.cpp's llama-server, Ollama, LM Studio), configured
+or detected by one probe request each. Otherwise the free text is read with the study's rule
 (`taskrouter.router.free_choice`), and a reply that names no listed task is an invalid output, counted as none.
 """
 from __future__ import annotations
@@ -103,14 +103,15 @@ class HostedRouter:
                 raise ValueError(f"config {config.name}: api_key_env {config.api_key_env} is not set")
         self.config = config
         self.client = client or ChatClient(config.base_url, key)
-        self._constraint: str | None | bool = False  # False until known; None: the endpoint cannot constrain
+        self._constraint: str | None = None
+        self._known = False
         self._lock = threading.Lock()
 
     def constraint(self) -> str | None:
         """How this config's answers are constrained: None for free text (decoding free, or nothing supported)."""
         with self._lock:
-            if self._constraint is False:
-                self._constraint = self._choose_constraint()
+            if not self._known:
+                self._constraint, self._known = self._choose_constraint(), True
             return self._constraint
 
     def _choose_constraint(self) -> str | None:
