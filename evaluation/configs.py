@@ -44,7 +44,8 @@ class EvalConfig(BaseModel):
     def _fields_of_kind(self) -> "EvalConfig":
         if self.kind == "openai":
             if not self.base_url or not self.base_url.startswith(("http://", "https://")):
-                raise ValueError("base_url: an openai config needs the endpoint's http(s) URL, e.g. http://127.0.0.1:8000/v1")
+                raise ValueError("base_url: an openai config needs the endpoint's http(s) URL, "
+                                 "e.g. http://127.0.0.1:8000/v1")
             if "model" not in self.model_fields_set:
                 raise ValueError("model: an openai config needs the model name the endpoint serves")
             if (self.price_input is None) != (self.price_output is None):

@@ -59,7 +59,8 @@ def gbnf(strategy: str, names: list[str]) -> str:
 
 
 def json_schema(strategy: str, names: list[str]) -> dict:
-    """The OpenAI `response_format` of an answer: {"task": a listed name}, after the reasoning for few_shot_cot / react."""
+    """The OpenAI `response_format` of an answer: {"task": a listed name}, after the reasoning for
+    few_shot_cot / react."""
     properties: dict = {}
     if strategy in REASONING_LEAD:
         properties[REASONING_LEAD[strategy].rstrip(":").lower()] = {"type": "string"}

@@ -48,8 +48,8 @@ def hosted_table(results: dict[str, dict]) -> list[str]:
     hosted = {name: m["hosted"] for name, m in results.items() if "hosted" in m}
     if not hosted:
         return []
-    lines = ["", "Hosted configs (tokens as the endpoint reported them; cost at the config's prices per million tokens):",
-             "", "| config | constrained by | retries | prompt tokens / turn | completion tokens / turn | "
+    lines = ["", "Hosted configs (tokens as the endpoint reported them; cost at the config's prices per million "
+             "tokens):", "", "| config | constrained by | retries | prompt tokens / turn | completion tokens / turn | "
              "cost per 1,000 turns |", "|---|---|---:|---:|---:|---:|"]
     for name, h in hosted.items():
         used = ", ".join(f"{c} ({n})" if len(h["constraint"]) > 1 else c for c, n in h["constraint"].items())
@@ -102,8 +102,8 @@ def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], pre
                                    "limit": b.limit, "sample_seed": b.seed} for b in benches},
               "results": results}
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items() if v not in (None, {}))
-                    for c in configs]
+    config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items()
+                                                  if v not in (None, {})) for c in configs]
     parts = ["# Router evaluation", "", f"Command: `{command}`", "", f"Mode: {mode}. Latency is wall-clock per "
              "routing request as seen by the evaluation (network included for an endpoint).", "",
              "Configs:", *config_lines, ""]

@@ -73,7 +73,8 @@ def hosted(url: str, **fields) -> "HostedRouter":
 @pytest.mark.parametrize("strategy", ["zero_shot", "few_shot_cot", "react", "adapter"])
 def test_chat_messages_carry_the_in_process_prompt_text_unchanged(strategy):
     prompt = build_prompt(strategy, [Task(**t) for t in TASKS],
-                          [Message(role="user", content="Recap the  ACME call"), Message(role="assistant", content="Ok"),
+                          [Message(role="user", content="Recap the  ACME call"),
+                           Message(role="assistant", content="Ok"),
                            Message(role="user", content="Thanks, that's all")], "meeting_recap")
     messages = chat_messages(prompt)
     assert messages == [{"role": "user", "content": "".join(prompt.segments)}]
@@ -235,7 +236,8 @@ def test_usage_summary_and_cost_per_thousand_turns():
 
 def test_one_report_puts_in_process_and_hosted_rows_side_by_side(tiny_dir, scripted, tmp_path, capsys):
     bench = tmp_path / "mini.jsonl"
-    convs = [conversation("c1", [("Write a recap of the ACME meeting.", "meeting_recap"), ("Thanks, that's all.", None)]),
+    convs = [conversation("c1", [("Write a recap of the ACME meeting.", "meeting_recap"),
+                                 ("Thanks, that's all.", None)]),
              conversation("c2", [("Send a follow-up email to Dana.", "follow_up_email")])]
     bench.write_text("".join(json.dumps(c) + "\n" for c in convs))
     server = scripted(grammar_server)  # always answers meeting_recap

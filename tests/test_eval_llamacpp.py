@@ -77,7 +77,8 @@ def test_grammar_answers_are_listed_names_even_with_awkward_ones(llamacpp_url, s
     tasks = [{"name": 'say "hi"', "description": "Greet someone"}, {"name": "back\\slash", "description": "Paths"},
              {"name": "café_order", "description": "Order a coffee"}]
     router = HostedRouter(config(llamacpp_url, strategy=strategy, constraint="grammar"))
-    for text in ("Order me a flat white.", "Say hi to Dana for me.", "Thanks, that's all."):
+    texts = ["Order me a flat white.", "Say hi to Dana for me.", "Thanks, that's all."]
+    for text in texts if strategy == "zero_shot" else texts[:1]:  # a reasoning line costs 20x the tokens
         answer = router.route(parse_request({"messages": [{"role": "user", "content": text}], "tasks": tasks}))
         assert answer.valid and answer.task in {t["name"] for t in tasks} | {"none"}, answer.raw
         assert answer.hosted["prompt_tokens"] > 100 and answer.hosted["completion_tokens"] > 0
@@ -85,6 +86,7 @@ def test_grammar_answers_are_listed_names_even_with_awkward_ones(llamacpp_url, s
             assert "\nAction: answer\nTask: " in answer.raw
 
 
+@pytest.mark.timeout(1800)
 def test_one_report_with_in_process_and_llamacpp_rows(llamacpp_url, tiny_dir, tmp_path):
     configs = tmp_path / "configs.yaml"
     configs.write_text(f"configs:\n  cpp:\n    kind: openai\n    base_url: {llamacpp_url}\n    model: gemma\n"
@@ -92,11 +94,12 @@ def test_one_report_with_in_process_and_llamacpp_rows(llamacpp_url, tiny_dir, tm
                        f"  cpp-free:\n    kind: openai\n    base_url: {llamacpp_url}\n    model: gemma\n"
                        "    decoding: free\n")
     out = tmp_path / "run"
-    main(["eval", "--bench", f"{SALES}@4", "--configs", str(configs), "--config", f"tiny:model={tiny_dir}",
+    main(["eval", "--bench", f"{SALES}@2", "--configs", str(configs), "--config", f"tiny:model={tiny_dir}",
           "--config", "cpp", "--config", "cpp-free", "--out", str(out)])
     results = json.loads((out / "metrics.json").read_text())["results"]["sales"]
     assert set(results) == {"tiny", "cpp", "cpp-free"}
-    assert results["cpp"]["invalid"] == 0 and results["cpp"]["hosted"]["constraint"] == {"grammar": results["cpp"]["turns"]}
+    assert results["cpp"]["invalid"] == 0
+    assert results["cpp"]["hosted"]["constraint"] == {"grammar": results["cpp"]["turns"]}
     assert results["cpp"]["hosted"]["cost_per_1000_turns"] > 0 and results["cpp"]["latency"]["p50_ms"] > 0
     free = [json.loads(x) for x in (out / "predictions-cpp-free-sales.jsonl").read_text().splitlines()]
     assert results["cpp-free"]["invalid"] == sum(not p["valid"] for p in free)
