@@ -1,5 +1,6 @@
 """What answers the evaluation's requests: an in-process Router, a running server, a SageMaker endpoint,
-or the embedding baseline. All expose `route(RouteRequest) -> RouteAnswer`, like `Router`.
+the embedding baseline, or an OpenAI-compatible chat endpoint (`kind: openai`, evaluation/hosted.py).
+All expose `route(RouteRequest) -> RouteAnswer`, like `Router`.
 
 In-process, one Router is loaded per distinct base model, with every adapter the
 chosen configs need, and reused across configs (each request names its adapter;
@@ -121,6 +122,11 @@ class RouterPool:
         self.configs = configs
         self.remote = remote
         self._routers: dict[str, RouterLike] = {}
+        for config in configs:  # no request yet: a missing API key fails before any work
+            if config.kind == "openai":
+                from .hosted import HostedRouter
+
+                self._routers[f"openai|{config.name}"] = HostedRouter(config)
         if remote is None:  # fail before any work when a model or adapter is missing
             for config in configs:
                 if config.kind == "llm" and config.model != "embedded" and not Path(config.model).is_dir():
@@ -149,6 +155,8 @@ class RouterPool:
                 threshold = config.threshold if config.threshold is not None else read_threshold()
                 self._routers[key] = EmbeddingRouter(minilm_encoder(), threshold)
             return self._routers[key]
+        if config.kind == "openai":
+            return self._routers[f"openai|{config.name}"]
         if self.remote is not None:
             return self.remote
         if config.model not in self._routers:

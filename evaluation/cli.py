@@ -7,7 +7,8 @@ closed-loop by default (current_task = the router's own previous answer);
 conversations already in DIR/predictions-<config>-<bench>.jsonl are not recomputed.
 With --endpoint or --sagemaker-endpoint the LLM configs are answered by a running
 server or a SageMaker endpoint (strategy, adapter and decoding are sent with each
-request; the config's model is whatever the server runs).
+request; the config's model is whatever the server runs). `kind: openai` configs always go to their own
+OpenAI-compatible endpoint (evaluation/hosted.py), on the same prompts, so open and hosted models share one report.
 
 --tune grid-searches each --config's none decision on the --bench files (never a
 dev/val or test split) instead of evaluating: the embedding baseline's cosine threshold
@@ -17,6 +18,7 @@ to its router.json, where the server reads it).
 Example (without --bench: the 16-conversation sample bench shipped with taskrouter):
   taskrouter eval --bench evaluation/benchmarks/sales.jsonl --bench data/clinc150/val.jsonl@2000 \\
       --config base-zero-shot --config embedding --out runs/eval
+  taskrouter eval --bench evaluation/benchmarks/sales.jsonl --config adapter --config gpt-4o-mini --out runs/hosted
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def _tune(args: argparse.Namespace) -> None:
     configs = resolve_configs(args.config, read_configs(args.configs))
     for config in configs:
         tunable = config.adapter and config.strategy == "adapter" and config.decoding == "constrained"
-        if config.kind == "llm" and not tunable:
+        if config.kind != "embedding" and not tunable:
             raise ValueError(f"--config {config.name}: --tune sets an adapter's none bias; the config needs an "
                              "adapter, strategy adapter and constrained decoding")
     benches = [load_bench(spec, args.limit, args.sample_seed) for spec in args.bench]
@@ -159,6 +161,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = run_all(benches, configs, out, pool, teacher_forcing=args.teacher_forcing, remote=remote,
                      parallel=args.parallel)
     mode = ("teacher forcing" if args.teacher_forcing else "closed loop") + (f", {remote}" if remote else ", in-process")
+    if any(c.kind == "openai" for c in configs):
+        mode += "; openai configs through their own endpoints"
     manifests = [m for m in map(adapter_manifest, configs) if m is not None]
     seen, missing = seen_names(manifests) if manifests else (None, [])
     write_report(out, benches, configs, result["predictions"], command_line(args), mode, seen,

@@ -44,9 +44,28 @@ def bench_tables(bench: Bench, results: dict[str, dict]) -> str:
     for name, m in results.items():
         cells = [f"{_prf(m[p])} ({m[p]['tp'] + m[p]['fn']})" for p in ("start", "end", "switch")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += hosted_table(results)
     if len(results) > 1:
         lines += ["", "Best config per measure: " + "; ".join(f"{label}: {winner}" for label, winner in leaders(results)) + "."]
     return "\n".join(lines) + "\n"
+
+
+def hosted_table(results: dict[str, dict]) -> list[str]:
+    """The rows only an endpoint has (configs with a `hosted` summary): how it was constrained, its retries,
+    tokens per turn and, where the config gives prices, the cost per 1,000 turns."""
+    hosted = {name: m["hosted"] for name, m in results.items() if "hosted" in m}
+    if not hosted:
+        return []
+    lines = ["", "Hosted configs (tokens as the endpoint reported them; cost at the config's prices per million "
+             "tokens):", "", "| config | constrained by | retries | prompt tokens / turn | completion tokens / turn | "
+             "cost per 1,000 turns |", "|---|---|---:|---:|---:|---:|"]
+    for name, h in hosted.items():
+        used = ", ".join(f"{c} ({n})" if len(h["constraint"]) > 1 else c for c, n in h["constraint"].items())
+        turns = h["turns_with_usage"]
+        per_turn = [_num(h[k] / turns if turns else None, 1) for k in ("prompt_tokens", "completion_tokens")]
+        lines.append(f"| {name} | {used} | {h['retries']} | {per_turn[0]} | {per_turn[1]} | "
+                     f"{_num(h['cost_per_1000_turns'], 4)} |")
+    return lines
 
 
 MEASURES = [("task accuracy", lambda m: m["task_accuracy"], max), ("none recall", lambda m: m["none"]["recall"], max),
@@ -111,6 +130,10 @@ def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], pre
         for config in configs:
             preds = predictions[(config.name, bench.name)]
             metrics = results[bench.name][config.name] = compute_metrics(bench.conversations, preds, seen)
+            if config.kind == "openai":
+                from .hosted import usage_summary
+
+                metrics["hosted"] = usage_summary(preds, config)
             title = f"{config.name} on {bench.name}"
             plot_points(metrics, title, out / f"points-{config.name}-{bench.name}.png")
             plot_tasks(task_confusion(bench.conversations, preds), title, out / f"tasks-{config.name}-{bench.name}.png")
@@ -126,8 +149,8 @@ def write_report(out: Path, benches: list[Bench], configs: list[EvalConfig], pre
     if seen is not None:
         record["trained_names"] = {"files": list(seen_from), "names": len(seen), "missing_files": list(unseen_files)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items() if v is not None)
-                    for c in configs]
+    config_lines = [f"- `{c.name}`: " + ", ".join(f"{k}={v}" for k, v in c.definition().items()
+                                                  if v not in (None, {})) for c in configs]
     parts = ["# Router evaluation", "", f"Command: `{command}`", "", f"Mode: {mode}. Latency is wall-clock per "
              "routing request as seen by the evaluation (network included for an endpoint).", "",
              "Configs:", *config_lines, ""]

@@ -74,7 +74,8 @@ def route_conversation(router: RouterLike, conv: dict, config: EvalConfig, teach
         out.append({"id": conv["id"], "turn": label["turn"], "task": task, "event": event_for(current, task),
                     "latency_ms": round(latency_ms, 2), "valid": valid, "gold": label["task"],
                     "confidence": round(answer.confidence, 4),
-                    "candidates": [[c.task, round(c.p, 4)] for c in answer.candidates]})
+                    "candidates": [[c.task, round(c.p, 4)] for c in answer.candidates],
+                    **({"hosted": answer.hosted} if hasattr(answer, "hosted") else {})})  # endpoint usage
         predicted, gold = task, label["task"]
     return out
 

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from taskrouter.training import data_cli
 from taskrouter.training.generate import generate, plan_for
 from taskrouter.training.records import BenchRecord
 from taskrouter.training.teacher import FatalTeacherError, LocalTeacher, OpenAITeacher
+from scripted_chat import ScriptedChat
 
 TASKS = [
     {"name": "meeting_recap", "description": "Write a recap of a meeting"},
@@ -57,50 +56,24 @@ def malformed(kind: str, prompt: str) -> str:
     return json.dumps(reply)
 
 
-class FakeTeacher:
-    """A threading HTTP server speaking /v1/chat/completions; `script` lists what to answer, then all good."""
+class FakeTeacher(ScriptedChat):
+    """A /v1/chat/completions server; `script` lists what to answer, then all good."""
 
     def __init__(self, script: list = ()):
-        self.script, self.requests, self.lock = list(script), [], threading.Lock()
-        fake = self
+        self.script = list(script)
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                    step = fake.script.pop(0) if fake.script else "good"
-                prompt = body["messages"][-1]["content"]
-                if step == "slow":
-                    time.sleep(1.0)
-                    step = "good"
-                if isinstance(step, int):
-                    return self._send(step, {"error": {"message": f"status {step}"}})
-                content = json.dumps(good_reply(prompt, f"seed {body['seed']}")) if step == "good" \
-                    else malformed(step, prompt)
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
-
-            def _send(self, status: int, payload: dict):
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out first
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, body: dict) -> tuple:
+        with self.lock:
+            step = self.script.pop(0) if self.script else "good"
+        prompt = body["messages"][-1]["content"]
+        if step == "slow":
+            time.sleep(1.0)
+            step = "good"
+        if isinstance(step, int):
+            return step, {"error": {"message": f"status {step}"}}
+        content = json.dumps(good_reply(prompt, f"seed {body['seed']}")) if step == "good" else malformed(step, prompt)
+        return 200, {"choices": [{"message": {"role": "assistant", "content": content}}]}
 
 
 @pytest.fixture

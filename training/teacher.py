@@ -1,19 +1,15 @@
 """Teacher LLMs that write synthetic conversations: an OpenAI-compatible chat endpoint or a local transformers model.
 
-Both take chat messages and return the reply text. The HTTP teacher retries
-429 / 5xx / timeouts / connection errors with exponential backoff and counts its
-retries, so a long generation run survives a rate-limited or flaky endpoint.
+Both take chat messages and return the reply text. The HTTP teacher goes through the shared
+`chat_client.ChatClient`, which retries 429 / 5xx / timeouts / connection errors with exponential
+backoff and counts its retries, so a long generation run survives a rate-limited or flaky endpoint.
 """
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Protocol
 
-import requests
-
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+from .chat_client import ChatClient, ChatError, FatalChatError
 
 
 class TeacherError(Exception):
@@ -38,57 +34,24 @@ class OpenAITeacher:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, temperature: float = 0.9,
                  max_tokens: int = 1500, timeout: float = 120.0, max_retries: int = 5, backoff: float = 1.0,
                  max_backoff: float = 60.0):
-        base = base_url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
-        self.name, self.model, self.api_key = model, model, api_key
-        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.retries, self._lock = 0, threading.Lock()  # generation may call from several threads
-        self.session = requests.Session()
+        self.client = ChatClient(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                                 max_backoff=max_backoff)
+        self.name, self.model = model, model
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    @property
+    def retries(self) -> int:
+        return self.client.retries
 
     def complete(self, messages: list[dict], seed: int) -> str:
         body = {"model": self.model, "messages": messages, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "seed": seed}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        for attempt in range(self.max_retries + 1):
-            wait = self._backoff(attempt)
-            try:
-                response = self.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return _reply_text(response)
-                failure = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code not in RETRY_STATUS:
-                    raise FatalTeacherError(f"--teacher {self.url}: {failure}")
-                wait = max(wait, _retry_after(response))
-            if attempt == self.max_retries:
-                raise TeacherError(f"gave up after {self.max_retries} retries: {failure}")
-            with self._lock:
-                self.retries += 1
-            time.sleep(min(wait, self.max_backoff))
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int) -> float:
-        return self.backoff * (2 ** attempt)
-
-
-def _retry_after(response: requests.Response) -> float:
-    try:
-        return float(response.headers.get("Retry-After", 0))
-    except ValueError:
-        return 0.0
-
-
-def _reply_text(response: requests.Response) -> str:
-    try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise TeacherError(f"not a chat completion: {response.text[:200]}") from None
-    if not isinstance(content, str):
-        raise TeacherError("not a chat completion: message content is not text")
-    return content
+        try:
+            return self.client.chat(body).text
+        except FatalChatError as exc:
+            raise FatalTeacherError(f"--teacher {exc}") from None
+        except ChatError as exc:
+            raise TeacherError(str(exc)) from None
 
 
 class LocalTeacher:

@@ -262,11 +262,19 @@ class Router:
 
     @staticmethod
     def _parse_free(text: str, names: list[str]) -> torch.Tensor:
-        """Free decoding: the first listed name the text starts with (longest first), else invalid."""
+        """Free decoding: probability 1 on the name `free_choice` reads, all zeros (invalid) when none."""
         probs = torch.zeros(len(names))
-        cleaned = text.strip().strip("`'\".").lower()
-        for i in sorted(range(len(names)), key=lambda i: -len(names[i])):
-            if re.match(re.escape(names[i].lower()) + r"\b", cleaned):
-                probs[i] = 1.0
-                break
+        choice = free_choice(text, names)
+        if choice is not None:
+            probs[choice] = 1.0
         return probs
+
+
+def free_choice(text: str, names: list[str]) -> int | None:
+    """The index of the first listed name free text starts with (longest first), else None: the study's
+    rule for reading an unconstrained answer, shared by in-process free decoding and hosted endpoints."""
+    cleaned = text.strip().strip("`'\".").lower()
+    for i in sorted(range(len(names)), key=lambda i: -len(names[i])):
+        if re.match(re.escape(names[i].lower()) + r"\b", cleaned):
+            return i
+    return None
