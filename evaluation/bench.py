@@ -94,18 +94,15 @@ def _batching(router, request, turns: int) -> dict:
             list(pool.map(router.route, requests))
             return time.perf_counter() - start
 
-    from taskrouter.treeattention import BLOCK_ATTENTION
-
     figures = {"batch_one_at_a_time_s": one_at_a_time}
     figures["batch_together_s"] = at_once = all_at_once(next_turns(5000))
     figures["batch_speedup"] = one_at_a_time / at_once
-    config = router.loaded.model.config
-    if config._attn_implementation == BLOCK_ATTENTION:  # the same batch shape with dense masked attention
-        config._attn_implementation = "sdpa"
+    if router.engine.attention == "blocks":  # the same batch shape with dense masked attention
+        router.engine.attention = "dense"
         try:
             figures["batch_together_dense_s"] = all_at_once(next_turns(6000))
         finally:
-            config._attn_implementation = BLOCK_ATTENTION
+            router.engine.attention = "blocks"
         figures["block_over_dense"] = figures["batch_together_dense_s"] / at_once
     return figures
 
@@ -154,7 +151,6 @@ def _write_json(path: str | None, figures: dict) -> None:
 
 def _latency(args: argparse.Namespace) -> None:
     from taskrouter import handler
-    from taskrouter.kvcache import PrefixCache
     from taskrouter.schema import parse_request
 
     router = handler.model_fn(args.model_dir)
@@ -178,9 +174,9 @@ def _latency(args: argparse.Namespace) -> None:
     router.route(request(999, args.turns))  # warm-up: allocator, kernels
     cold, free, nxt, new_conv, forward = [], [], [], [], []
     for i in range(args.samples):
-        router.cache = PrefixCache(router.cache.max_bytes)
+        router.cache.clear()
         cold.append(timed(request(i, args.turns)))
-        router.cache = PrefixCache(router.cache.max_bytes)
+        router.cache.clear()
         free.append(timed(request(i, args.turns, "free")))
         router.route(request(1000 + i, args.turns - 1))  # the previous turn of this conversation
         nxt.append(timed(request(1000 + i, args.turns)))

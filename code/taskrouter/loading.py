@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from .embedded import EMBEDDED_NAME, ensure_embedded
-from .treeattention import BLOCK_ATTENTION
 
 MANIFEST = "router.json"
 DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parents[2] / "model_artifacts" / "adapters"
@@ -88,8 +87,6 @@ def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto"):
         kwargs["device_map"] = {"": 0} if device.type == "cuda" else {"": "cpu"}
         quantization = "nf4"
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if getattr(model, "_supports_attention_backend", False):  # its attention goes through transformers' interface
-        model.set_attn_implementation(BLOCK_ATTENTION)
     if quantization == "none":
         model.to(device)
     model.eval()

@@ -100,6 +100,11 @@ class EncodedPrompt:
 MIN_MESSAGE_TOKENS = 32  # room the newest message must have next to the task list, or the request is refused
 
 
+def encode_text(tokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of client text: a special token's spelling in it (`<end_of_turn>`) stays text, never a control token."""
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens, split_special_tokens=True)
+
+
 def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024, history_tokens: int | None = None) -> EncodedPrompt:
     """Tokenise segment by segment, keeping the newest messages within `history_tokens` and the
     whole prompt within `max_tokens`.
@@ -108,7 +113,7 @@ def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024, history_tok
     one keeps its end, the part nearest the answer), so a long task list can never blind the model
     to what the user just said. Raises `PromptTooLong` when the task list leaves it no room.
     """
-    encoded = [tokenizer.encode(s, add_special_tokens=(i == 0)) for i, s in enumerate(prompt.segments)]
+    encoded = [encode_text(tokenizer, s, add_special_tokens=(i == 0)) for i, s in enumerate(prompt.segments)]
     head, messages, tail = encoded[0], encoded[1:-1], encoded[-1]
     room = max_tokens - len(head) - len(tail)
     if room < MIN_MESSAGE_TOKENS:
