@@ -13,6 +13,17 @@ from tiny import build_model  # noqa: E402
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _float32_unless_asked():
+    """Tests compare answers to 1e-4, so in-process models load in float32 unless a test asks for another
+    dtype; the CPU's own choice (bfloat16 on AMX / AVX512-BF16) is tested in test_hardware.py."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("taskrouter.loading.cpu_dtype", lambda: torch.float32)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("models") / "tiny-gemma3")

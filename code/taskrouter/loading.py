@@ -1,9 +1,9 @@
 """Load the base model (local directory, hub id, or the embedded default) and its LoRA adapters.
 
-On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting);
-on CPU in float32 by default: measured on this project's 2-core AVX2/FMA CPU,
-a 400-token prefill of Gemma 270M takes 1.0 s in float32 and 4.9 s in bfloat16
-(no native bf16 matmul), so bf16 is only chosen when asked (`dtype="bfloat16"`).
+On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU
+`dtype="auto"` is bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16) and
+float32 elsewhere (`hardware.cpu_dtype`). A single adapter on an unquantised base is merged
+into the weights (`merged.MergedAdapter`) unless `merge_lora=False`.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from .embedded import EMBEDDED_NAME, ensure_embedded
+from .hardware import cpu_dtype
+from .merged import MergedAdapter
 
 MANIFEST = "router.json"
 DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parents[2] / "model_artifacts" / "adapters"
@@ -32,12 +34,20 @@ class LoadedModel:
     quantization: str
     adapters: dict[str, dict] = field(default_factory=dict)  # name -> router.json manifest
     peft: object | None = None  # the PeftModel, to switch adapters
+    merged: MergedAdapter | None = None  # the adapter folded into the weights, when one serves alone
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def use_adapter(self, name: str | None):
         """Context manager that makes `name` (or no adapter) active for the next forward passes."""
         if self.peft is None:
             return contextlib.nullcontext()
-        if name is None:
+        folded = self.merged is not None and name == self.merged.adapter
+        if self.merged is not None:
+            self.merged.activate(folded)
+        if name is None or folded:  # the LoRA path off: base weights, or the merged ones
             return self.peft.disable_adapter()
         self.peft.set_adapter(name)
         return contextlib.nullcontext()
@@ -64,9 +74,12 @@ def resolve_base(source: str | None) -> tuple[str, str]:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`dtype` by name, or for "auto" bfloat16 on CUDA and on CPUs with native bf16, else float32."""
     if dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype: {dtype!r} is not a torch dtype (auto, float32, bfloat16, float16)")
         return getattr(torch, dtype)
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if device.type == "cuda" else cpu_dtype()
 
 
 def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto"):
@@ -99,8 +112,10 @@ def load_model(
     adapters: dict[str, Path] | None = None,
     dtype: str = "auto",
     quantize: str = "auto",
+    merge_lora: bool = True,
 ) -> LoadedModel:
-    """Load a base model and every adapter in `adapters` (name -> directory) with peft."""
+    """Load a base model and every adapter in `adapters` (name -> directory) with peft; a single
+    adapter on an unquantised base is merged into the weights when `merge_lora`."""
     model, tokenizer, name, device, quantization = load_base(source, dtype, quantize)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, quantization=quantization)
     for adapter_name, adapter_dir in (adapters or {}).items():
@@ -114,6 +129,8 @@ def load_model(
             loaded.peft.load_adapter(str(adapter_dir), adapter_name=adapter_name)
         loaded.peft.eval()
         loaded.adapters[adapter_name] = manifest
+    if merge_lora and len(loaded.adapters) == 1 and quantization == "none":
+        loaded.merged = MergedAdapter(loaded.peft, next(iter(loaded.adapters)))
     return loaded
 
 
