@@ -161,7 +161,8 @@ class RouterPool:
             torch.set_num_threads(int(os.environ.get("TASKROUTER_THREADS", os.cpu_count() or 1)))
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model),
-                                       dtype=os.environ.get("TASKROUTER_DTYPE", "auto")))
+                                       dtype=os.environ.get("TASKROUTER_DTYPE", "auto"),
+                                       merge_lora=os.environ.get("TASKROUTER_MERGE_LORA", "1") != "0"))
             self._routers[config.model] = router
         return self._routers[config.model]
 

@@ -6,7 +6,8 @@ Configuration comes from the environment (as on SageMaker):
 TASKROUTER_ADAPTERS (comma-separated names to load; default all that match the
 base), TASKROUTER_DEFAULT_ADAPTER, TASKROUTER_DTYPE, TASKROUTER_CACHE_MB,
 TASKROUTER_MAX_PROMPT_TOKENS, TASKROUTER_BATCH_MAX and TASKROUTER_BATCH_WINDOW_MS
-(micro-batching of concurrent requests), and the TASKROUTER_MAX_* request limits.
+(micro-batching of concurrent requests), TASKROUTER_MERGE_LORA (0: keep a single adapter
+unmerged) and the TASKROUTER_MAX_* request limits.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         base, adapters_root = None, Path(os.environ.get("TASKROUTER_ADAPTERS_DIR", DEFAULT_ADAPTERS_DIR))
         base_name = EMBEDDED_NAME
     adapters = _adapters_for(base_name, adapters_root, names)
-    loaded = load_model(base, adapters, dtype=os.environ.get("TASKROUTER_DTYPE", "auto"))
+    loaded = load_model(base, adapters, dtype=os.environ.get("TASKROUTER_DTYPE", "auto"),
+                        merge_lora=os.environ.get("TASKROUTER_MERGE_LORA", "1") != "0")
     loaded.name = base_name
     return Router(
         loaded,
