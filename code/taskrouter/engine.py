@@ -46,6 +46,12 @@ def pick_attention(model) -> str:
     return "blocks" if supports_block_attention(model) else "dense"
 
 
+@dataclass
+class EngineStats:
+    forwards: int = 0  # decoder passes run
+    tokens: int = 0  # tokens they computed (new prompt tokens, trie nodes, decoded tokens)
+
+
 @dataclass(frozen=True)
 class Item:
     """One prompt to extend: its token segments (cache boundaries; the last is never cached) and the
@@ -79,6 +85,7 @@ class Engine:
         self.model, self.cache, self.attention = model, cache, attention
         self.decoder = model.get_decoder()
         self.device = model.device
+        self.stats = EngineStats()
 
     def run(self, items: list[Item], namespace: str) -> list[Outcome]:
         """Every item's new tokens and trie nodes in one forward pass over the cached prefixes;
@@ -145,6 +152,8 @@ class Engine:
         inputs = tree_inputs(self.model, lengths, parents, cached, blocks=self.attention == "blocks")
         tensor = torch.tensor([ids], device=self.device)
         out = self.decoder(input_ids=tensor, use_cache=True, **cache_kwargs(self.decoder, past), **inputs)
+        self.stats.forwards += 1
+        self.stats.tokens += len(ids)
         return out.last_hidden_state[0]
 
     def _probs(self, trie: NameTrie | None, at_lead: torch.Tensor, hidden: torch.Tensor, slots: dict[int, int],

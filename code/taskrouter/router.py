@@ -109,7 +109,15 @@ class Router:
 
     def prompt_ids(self, request: RouteRequest) -> list[int]:
         """The token ids the model reads for this request, up to the answer (or reasoning) lead."""
-        return [i for segment in self._job(request).segments for i in segment]
+        return [i for segment in self.prompt_segments(request)[1] for i in segment]
+
+    def prompt_segments(self, request: RouteRequest) -> tuple[str, list[list[int]]]:
+        """(prefix-cache namespace, token segments) of this request's prompt: what `Engine.run` gets."""
+        job = self._job(request)
+        return self._namespace(job.adapter), job.segments
+
+    def _namespace(self, adapter: str | None) -> str:
+        return f"{self.loaded.name}|{adapter}"
 
     def _route_batch(self, jobs: Sequence[_Job]) -> list[RouteAnswer | Exception]:
         """Per adapter, one engine pass for the group (job by job if it fails), then each job's answer."""
@@ -119,7 +127,7 @@ class Router:
             by_adapter.setdefault(job.adapter, []).append(i)
         for adapter, indices in by_adapter.items():
             with self.loaded.use_adapter(adapter), torch.inference_mode():
-                namespace = f"{self.loaded.name}|{adapter}"
+                namespace = self._namespace(adapter)
                 try:
                     done = list(zip(indices, self._run([jobs[i] for i in indices], namespace)))
                 except Exception:  # noqa: BLE001 (retried job by job: the fault stays with the job that caused it)
