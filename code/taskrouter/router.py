@@ -65,8 +65,9 @@ class Router:
 
     def __init__(self, loaded: LoadedModel, cache_bytes: int = 512 * 2**20, max_prompt_tokens: int = 1024,
                  default_adapter: str | None = None, max_batch: int = DEFAULT_BATCH, batch_window_ms: float = 2.0,
-                 attention: str | None = None):
+                 attention: str | None = None, history_slack: int = 0):
         self.loaded = loaded
+        self.history_slack = history_slack  # an adapter's history window moves in chunks this much longer
         self.engine = Engine(loaded.model, PrefixCache(cache_bytes), attention or pick_attention(loaded.model))
         self.max_prompt_tokens = max_prompt_tokens
         self.default_adapter = default_adapter if default_adapter in loaded.adapters else next(iter(loaded.adapters), None)
@@ -99,7 +100,8 @@ class Router:
         if strategy == "adapter" and adapter is not None:
             history = self.loaded.adapters[adapter].get("hyper_parameters", {}).get("history_tokens")
         try:
-            encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history)
+            encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history,
+                                    self.history_slack if history else 0)
             trie = self._trie(request.task_names + [NONE])
         except PromptTooLong as exc:
             raise RequestError("too_large", str(exc), 413) from None
