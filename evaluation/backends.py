@@ -162,7 +162,8 @@ class RouterPool:
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model),
                                        dtype=os.environ.get("TASKROUTER_DTYPE", "auto"),
-                                       merge_lora=os.environ.get("TASKROUTER_MERGE_LORA", "1") != "0"))
+                                       merge_lora=os.environ.get("TASKROUTER_MERGE_LORA", "1") != "0"),
+                            history_slack=int(os.environ.get("TASKROUTER_HISTORY_SLACK", "0")))
             self._routers[config.model] = router
         return self._routers[config.model]
 

@@ -7,7 +7,9 @@ TASKROUTER_ADAPTERS (comma-separated names to load; default all that match the
 base), TASKROUTER_DEFAULT_ADAPTER, TASKROUTER_DTYPE, TASKROUTER_CACHE_MB,
 TASKROUTER_MAX_PROMPT_TOKENS, TASKROUTER_BATCH_MAX and TASKROUTER_BATCH_WINDOW_MS
 (micro-batching of concurrent requests), TASKROUTER_MERGE_LORA (0: keep a single adapter
-unmerged) and the TASKROUTER_MAX_* request limits.
+unmerged), TASKROUTER_HISTORY_SLACK (tokens an adapter's history window may grow past its
+history_tokens before it moves, so next turns reuse the cached conversation) and the
+TASKROUTER_MAX_* request limits.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         default_adapter=os.environ.get("TASKROUTER_DEFAULT_ADAPTER"),
         max_batch=int(os.environ.get("TASKROUTER_BATCH_MAX", DEFAULT_BATCH)),
         batch_window_ms=float(os.environ.get("TASKROUTER_BATCH_WINDOW_MS", "2")),
+        history_slack=int(os.environ.get("TASKROUTER_HISTORY_SLACK", "0")),
     )
 
 
