@@ -24,6 +24,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -111,9 +112,12 @@ def _batching(router, samples: list["Sample"]) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["latency", "train"],
-                        help="latency: cold, next-turn and constrained-vs-forward figures; "
-                             "train: seconds per training example, packed vs one forward per example")
+    parser.add_argument("what", choices=["latency", "train", "agree"],
+                        help="latency: cold, next-turn and batch figures against the floor; "
+                             "train: seconds per training example, packed vs one forward per example; "
+                             "agree: two eval runs (--runs REFERENCE CANDIDATE) compared answer by answer")
+    parser.add_argument("--runs", nargs=2, metavar=("REFERENCE", "CANDIDATE"),
+                        help="agree: two `taskrouter eval --teacher-forcing` output folders of the same benchmarks")
     parser.add_argument("--model-dir", help="an unpacked artifact (default: the embedded model and its adapters)")
     parser.add_argument("--strategy", default=None, help="prompt strategy (default: the adapter's, else zero_shot)")
     parser.add_argument("--samples", type=int, default=10,
@@ -142,8 +146,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.what == "train":
         _train(args)
-        return
-    _latency(args)
+    elif args.what == "agree":
+        _agree(args)
+    else:
+        _latency(args)
+
+
+def _agree(args: argparse.Namespace) -> None:
+    from .agreement import compare_runs, report
+
+    if not args.runs:
+        raise SystemExit("error: --runs: bench agree needs two eval output folders, the reference first")
+    try:
+        rows = compare_runs(*map(Path, args.runs))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"taskrouter bench agree — {args.runs[1]} against {args.runs[0]}")
+    report(rows)
+    _write_json(args.json, {"reference": args.runs[0], "candidate": args.runs[1], "files": rows})
 
 
 def _train(args: argparse.Namespace) -> None:

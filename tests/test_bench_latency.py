@@ -39,3 +39,24 @@ def test_bench_on_real_conversations_and_a_missing_peer_is_named(tiny_dir, tmp_p
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # not installed
     with pytest.raises(SystemExit, match="llama-cpp-python"):
         _bench(tmp_path, "--model-dir", str(tiny_dir), "--compare", "llama.cpp")
+
+
+def _run_folder(path, answers: dict) -> None:
+    path.mkdir()
+    rows = [{"id": conv, "turn": turn, "task": task, "gold": gold} for (conv, turn), (task, gold) in answers.items()]
+    (path / "predictions-adapter-sgd-dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_bench_agree_counts_changed_answers_and_both_accuracies(tmp_path, capsys):
+    _run_folder(tmp_path / "ref", {("a", 0): ("x", "x"), ("a", 2): ("none", None), ("b", 0): ("y", "x")})
+    _run_folder(tmp_path / "cand", {("a", 0): ("x", "x"), ("a", 2): ("x", None), ("b", 0): ("x", "x"),
+                                    ("c", 0): ("x", "x")})  # a turn the reference lacks is not compared
+    out = tmp_path / "agree.json"
+    main(["bench", "agree", "--runs", str(tmp_path / "ref"), str(tmp_path / "cand"), "--json", str(out)])
+    row, = json.loads(out.read_text())["files"]
+    assert row["turns"] == 3 and row["same_task"] == pytest.approx(1 / 3)
+    assert row["accuracy_reference"] == pytest.approx(2 / 3) and row["accuracy_candidate"] == pytest.approx(2 / 3)
+    assert [(c["id"], c["turn"]) for c in row["changed"]] == [("a", 2), ("b", 0)]
+    assert "2 changed" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no predictions file"):
+        main(["bench", "agree", "--runs", str(tmp_path / "ref"), str(tmp_path)])
