@@ -134,6 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", choices=["llama.cpp"],
                         help="latency: route the same token ids through llama.cpp too (pip install "
                              "'taskrouter[llamacpp]'), same threads, alternating with the router")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="latency: also route every request, alternating, with the router of another "
+                             "checkout of this project (e.g. a git worktree of an older commit), in this process")
     parser.add_argument("--llama-model", metavar="GGUF",
                         help="--compare llama.cpp: the model file (default: the embedded Q4_K_M GGUF)")
     parser.add_argument("--llama-lora", metavar="GGUF",
@@ -253,9 +256,7 @@ def _measure(router, request, warm: list) -> Measure:
     from taskrouter.engine import cache_kwargs
     from taskrouter.kvcache import join_spans, prefix_keys
 
-    router.cache.clear()
-    for w in warm:
-        router.route(w)
+    _reset(router, warm)
     namespace, segments = router.prompt_segments(request)
     covered, stored = router.cache.longest(prefix_keys(namespace, segments[:-1]))
     tokens = router.engine.stats.tokens
@@ -272,6 +273,41 @@ def _measure(router, request, warm: list) -> Measure:
                 **cache_kwargs(decoder, past))
         bare = time.perf_counter() - start
     return Measure(seconds, bare, tokens, sum(map(len, segments)))
+
+
+def _other_router(checkout: str, model_dir: str | None):
+    """The router of another checkout's `code/taskrouter`, imported under its own name next to this one."""
+    import importlib.util
+    import sys
+
+    package = Path(checkout) / "code" / "taskrouter"
+    if not (package / "__init__.py").is_file():
+        raise SystemExit(f"error: --against {checkout}: no code/taskrouter package there")
+    spec = importlib.util.spec_from_file_location("taskrouter_against", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{spec.name}.handler").model_fn(model_dir)
+
+
+def _reset(router, warm: list) -> None:
+    """Empty the router's prefix cache (any version of the Router), then route `warm`."""
+    cache = router.cache
+    if hasattr(cache, "clear"):
+        cache.clear()
+    else:  # checkouts before PrefixCache.clear
+        router.cache = type(cache)(cache.max_bytes)
+    for w in warm:
+        router.route(w)
+
+
+def _route_seconds(router, request, warm: list) -> float:
+    """Seconds to route `request` after `warm` on an empty prefix cache."""
+    _reset(router, warm)
+    start = time.perf_counter()
+    router.route(request)
+    return time.perf_counter() - start
 
 
 def _floors(router, measured: dict[str, list[Measure]]) -> dict:
@@ -318,9 +354,13 @@ def _latency(args: argparse.Namespace) -> None:
         from .llamacpp import LlamaCppPeer
 
         peer = LlamaCppPeer.open(args.llama_model, args.llama_lora, torch.get_num_threads())
-    router.route(samples[0].request)  # warm-up: allocator, kernels
+    other = _other_router(args.against, args.model_dir) if args.against else None
+    for r in (router, other):
+        if r is not None:
+            r.route(samples[0].request)  # warm-up: allocator, kernels
     measured: dict[str, list[Measure]] = {kind: [] for kind in KINDS}
     peer_seconds: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    other_seconds: dict[str, list[float]] = {kind: [] for kind in KINDS}
     free = []
     for sample in measured_samples:
         for kind, warm in zip(KINDS, ([], [sample.previous], [sample.first])):
@@ -328,6 +368,8 @@ def _latency(args: argparse.Namespace) -> None:
             if peer is not None:  # alternating with the router, on the very same token ids
                 peer_seconds[kind].append(peer.seconds(router.prompt_ids(sample.request),
                                                        [router.prompt_ids(w) for w in warm]))
+            if other is not None:
+                other_seconds[kind].append(_route_seconds(other, sample.request, warm))
         router.cache.clear()
         start = time.perf_counter()
         router.route(sample.request.model_copy(update={"decoding": "free"}))
@@ -341,6 +383,10 @@ def _latency(args: argparse.Namespace) -> None:
         figures["llama_cpp"] = {"model": peer.describe(), **{
             kind: {"p50_s": statistics.median(v), "router_speedup": statistics.median(v) / figures[kind]["p50_s"]}
             for kind, v in peer_seconds.items()}}
+    if other is not None:
+        figures["against"] = {"checkout": args.against, **{
+            kind: {"p50_s": statistics.median(v), "speedup": statistics.median(v) / figures[kind]["p50_s"]}
+            for kind, v in other_seconds.items()}}
     figures.update(_batching(router, batch_samples))
     if not args.no_outlines:
         figures.update(_outlines_baseline(router, [s.request for s in measured_samples]))
@@ -375,6 +421,11 @@ def _report(figures: dict, max_batch: int) -> None:
         for kind in kinds:
             print(f"  llama.cpp ({peer['model']}), {LABELS[kind]:<38} {peer[kind]['p50_s'] * ms:8.1f} ms: "
                   f"the router is {peer[kind]['router_speedup']:.2f}x as fast")
+    if "against" in figures:
+        for kind in kinds:
+            other = figures["against"][kind]
+            print(f"  {figures['against']['checkout']}, {LABELS[kind]:<38} {other['p50_s'] * ms:8.1f} ms: "
+                  f"this one is {other['speedup']:.2f}x as fast")
     if "outlines_first_call_s" in figures:
         print(f"  {'outlines Literal choice, first call (vocabulary index)':<50} {figures['outlines_first_call_s']:9.1f} s")
         print(f"  {'outlines Literal choice, later calls':<50} p50 {figures['outlines_steady_p50_s'] * ms:7.1f} ms")

@@ -31,11 +31,20 @@ def test_bench_reports_computed_tokens_and_every_latency_against_its_floor(tiny_
     assert "x floor" in out and "float32" in out and "next turn, only the task list cached" in out
 
 
-def test_bench_on_real_conversations_and_a_missing_peer_is_named(tiny_dir, tmp_path, monkeypatch):
+def test_bench_on_real_conversations_against_another_checkout_and_a_missing_peer_is_named(tiny_dir, tmp_path,
+                                                                                          monkeypatch):
+    from pathlib import Path
+
     monkeypatch.setenv("TASKROUTER_DTYPE", "float32")
-    figures = _bench(tmp_path, "--model-dir", str(tiny_dir), "--data", "evaluation/benchmarks/sales.jsonl@4")
+    checkout = Path(__file__).resolve().parents[1]  # this very checkout, imported a second time under its own name
+    figures = _bench(tmp_path, "--model-dir", str(tiny_dir), "--data", "evaluation/benchmarks/sales.jsonl@4",
+                     "--against", str(checkout))
     assert figures["data"].endswith("sales.jsonl@4") and figures["samples"] == 2
     assert figures["next"]["tokens"] < figures["cold"]["tokens"]
+    assert figures["against"]["checkout"] == str(checkout)
+    assert all(figures["against"][k]["p50_s"] > 0 for k in ("cold", "next", "list"))
+    with pytest.raises(SystemExit, match="no code/taskrouter"):
+        _bench(tmp_path, "--model-dir", str(tiny_dir), "--against", str(tmp_path))
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # not installed
     with pytest.raises(SystemExit, match="llama-cpp-python"):
         _bench(tmp_path, "--model-dir", str(tiny_dir), "--compare", "llama.cpp")
