@@ -169,7 +169,8 @@ class RouterPool:
             torch.set_num_threads(settings.get().torch_threads)
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model),
-                                       dtype=settings.get().dtype))
+                                       dtype=settings.get().dtype, merge_lora=settings.get().merge_lora),
+                            history_slack=settings.get().history_slack)
             self._routers[config.model] = router
         return self._routers[config.model]
 

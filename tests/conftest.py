@@ -12,7 +12,6 @@ from records import TASKS  # noqa: E402
 from tiny import build_model  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_settings():
     """Settings are read once per process; a test that sets TASKROUTER_* variables gets them re-read."""
@@ -21,6 +20,17 @@ def fresh_settings():
     settings.get.cache_clear()
     yield
     settings.get.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _float32_unless_asked():
+    """Tests compare answers to 1e-4, so in-process models load in float32 unless a test asks for another
+    dtype; the CPU's own choice (bfloat16 on AMX / AVX512-BF16) is tested in test_hardware.py."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("taskrouter.loading.cpu_dtype", lambda: torch.float32)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from taskrouter.batching import MicroBatcher
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import RequestError, parse_request
-from taskrouter.treeattention import BLOCK_ATTENTION
 
 
 def _concurrently(fn, items: list) -> list:
@@ -85,7 +84,7 @@ def test_a_batch_answers_exactly_as_one_request_at_a_time(tiny_dir, request_payl
         except RequestError as exc:
             expected.append(exc)
     batched = Router(load_model(str(tiny_dir)), max_batch=8, batch_window_ms=300)
-    assert batched.loaded.model.config._attn_implementation == BLOCK_ATTENTION  # one sdpa call per request
+    assert batched.engine.attention == "blocks"  # one sdpa call per request
     batched.route(parse_request(payloads[0]))
     before = batched.batcher.batches
     got = _concurrently(lambda p: batched.route(parse_request(p)), payloads)
@@ -99,3 +98,37 @@ def test_a_batch_answers_exactly_as_one_request_at_a_time(tiny_dir, request_payl
         assert (b.task, b.event, b.strategy, b.raw) == (a.task, a.event, a.strategy, a.raw)
         for x, y in zip(a.candidates, b.candidates):
             assert x.task == y.task and x.p == pytest.approx(y.p, abs=1e-4)
+
+
+def test_a_request_whose_names_tokenize_alike_is_refused_alone_and_its_batch_answers(tiny_dir, request_payload):
+    router = Router(load_model(str(tiny_dir)), max_batch=8, batch_window_ms=300)
+    poisoned = {**request_payload, "tasks": [{"name": "a b"}, {"name": "a\u2581b"}]}
+    payloads = [request_payload] * 3 + [poisoned] + [request_payload] * 3
+    expected = router.route(parse_request(request_payload))
+    got = _concurrently(lambda p: router.route(parse_request(p)), payloads)
+    refused = got.pop(3)
+    assert isinstance(refused, RequestError) and refused.status == 400 and refused.message.startswith("tasks:")
+    assert all(not isinstance(a, Exception) and a.task == expected.task for a in got)
+
+
+def test_a_fault_inside_a_batch_fails_only_the_request_that_caused_it(tiny_dir, request_payload, monkeypatch):
+    from taskrouter import engine
+
+    real = engine.name_distribution
+
+    def fragile(model, trie, hidden):
+        if "poison" in trie.names:
+            raise RuntimeError("poisoned trie")
+        return real(model, trie, hidden)
+
+    monkeypatch.setattr(engine, "name_distribution", fragile)
+    router = Router(load_model(str(tiny_dir)), max_batch=8, batch_window_ms=300)
+    poisoned = {**request_payload, "tasks": request_payload["tasks"] + [{"name": "poison"}]}
+    expected = router.route(parse_request(request_payload))
+    before = router.batcher.batches
+    got = _concurrently(lambda p: router.route(parse_request(p)), [request_payload] * 3 + [poisoned] * 2)
+    assert router.batcher.batches - before <= 2  # they did share a batch
+    assert all(isinstance(a, RuntimeError) for a in got[3:])
+    for answer in got[:3]:
+        assert answer.task == expected.task
+        assert [c.p for c in answer.candidates] == pytest.approx([c.p for c in expected.candidates], abs=1e-4)

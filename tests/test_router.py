@@ -221,3 +221,29 @@ def test_an_adapter_reads_the_task_list_in_the_layout_it_trained_on(tiny_dir, tm
     assert f"- {first.description} => {first.name}\n" in text and text.endswith("- no task fits => none\nConversation:\n")
     with pytest.raises(ValueError, match="prompt_format 'v9'"):
         build_prompt("adapter", req.tasks, req.messages, None, "v9")
+
+
+def test_a_window_that_moves_in_chunks_keeps_the_previous_turn_cached(tiny_dir, tmp_path, request_payload):
+    from taskrouter.prompts import _window_start
+
+    lengths = [10, 12, 9, 11, 10, 12, 9, 11, 10, 12]
+    for n in range(1, len(lengths) + 1):  # no slack: the newest messages within the budget, as before
+        start = _window_start(lengths[:n], 30, 30)
+        assert sum(lengths[start:n]) <= 30 < sum(lengths[start - 1:n]) or start == 0
+    starts = [_window_start(lengths[:n], 30, 50) for n in range(1, len(lengths) + 1)]
+    assert starts == sorted(starts) and len(set(starts)) < len(starts) - 3  # it holds still most turns
+    assert all(sum(lengths[s:n + 1]) <= 50 for n, s in enumerate(starts))
+
+    adapter = build_adapter(tiny_dir, tmp_path / "tiny-router", history_tokens=60)
+    routers = {slack: Router(load_model(str(tiny_dir), {"tiny-router": adapter}), history_slack=slack)
+               for slack in (0, 60)}
+    messages = []
+    for i in range(8):
+        messages += [{"role": "user", "content": f"message {i} about the recap of the meeting"}]
+        for slack, router in routers.items():
+            segments = router.prompt_segments(parse_request({**request_payload, "messages": messages}))[1]
+            assert sum(map(len, segments[1:-1])) <= 60 + slack
+            _route(router, {**request_payload, "messages": messages})
+        messages.append({"role": "assistant", "content": "ok, noted"})
+    computed = {slack: router.engine.stats.tokens for slack, router in routers.items()}
+    assert computed[60] < 0.9 * computed[0]  # most turns computed their new messages only

@@ -1,12 +1,12 @@
 """The tree-attention scorer must equal brute-force constrained decoding, name by name."""
+import pytest
 import torch
 
-from taskrouter.kvcache import clone_cache
+from taskrouter.engine import Engine, Item
+from taskrouter.kvcache import PrefixCache, prefix_keys
 from taskrouter.prompts import answer_text, build_prompt, encode_prompt
 from taskrouter.schema import Message, Task
-from taskrouter.scorer import Anchor, NameTrie, score_names
-from taskrouter.treeattention import Layout
-from transformers import DynamicCache
+from taskrouter.scorer import NameTrie
 
 NAMES = ["meeting_recap", "meeting_recap_long", "follow_up_email", "prepare_a_quote", "a", "none"]
 
@@ -27,25 +27,42 @@ def _brute_force(model, tokenizer, prompt_ids, names):
     return torch.softmax(torch.tensor(logps), dim=0)
 
 
-def test_tree_scoring_matches_brute_force_beyond_the_sliding_window(tiny_router):
+@pytest.mark.parametrize("attention", ["blocks", "dense"])
+def test_one_pass_scoring_matches_brute_force_beyond_the_sliding_window(tiny_router, attention):
     loaded = tiny_router.loaded
     tasks = [Task(name=n, description=f"do {n}") for n in NAMES[:-1]]
-    messages = [Message(role="user", content="please write the recap of the meeting " * 3)]
-    prompt = build_prompt("zero_shot", tasks, messages, None)
-    ids = encode_prompt(loaded.tokenizer, prompt).ids
+    messages = [Message(role="user", content="please write the recap of the meeting " * 3),
+                Message(role="assistant", content="sure"), Message(role="user", content="and the follow up")]
+    segments = encode_prompt(loaded.tokenizer, build_prompt("zero_shot", tasks, messages, None)).segments
+    ids = [t for seg in segments for t in seg]
     assert len(ids) > 3 * loaded.model.config.sliding_window  # the sliding masks matter
+    trie = NameTrie.build(loaded.tokenizer, NAMES)
+    assert trie.internal  # names that share tokens: trie nodes ride in the prompt's forward pass
+    engine = Engine(loaded.model, PrefixCache(), attention)
     with torch.inference_mode():
-        cache = DynamicCache()
-        hidden = loaded.model.get_decoder()(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
-        before = clone_cache(cache)
-        anchor = Anchor(NameTrie.build(loaded.tokenizer, NAMES), 0, hidden.last_hidden_state[0, -1])
-        probs, = score_names(loaded.model, cache, Layout([len(ids)], [-1]), [anchor])
         expected = _brute_force(loaded.model, loaded.tokenizer, ids, NAMES)
-    torch.testing.assert_close(probs, expected, atol=1e-4, rtol=1e-3)
-    assert abs(float(probs.sum()) - 1) < 1e-5
-    # the cache is restored to the prompt alone
-    assert cache.get_seq_length() == before.get_seq_length()
-    torch.testing.assert_close(cache.layers[0].keys, before.layers[0].keys)
+        cold, = engine.run([Item(segments, trie)], "m")
+        # again: the prefix up to the last message is cached now, only the tail and the trie are computed
+        warm, = engine.run([Item(segments, trie)], "m")
+        # a batch: the cached prompt next to a fresh shorter one, both in one pass
+        short = segments[:2] + segments[-1:]
+        batch = engine.run([Item(short, trie), Item(segments, trie)], "m")
+    assert cold.computed == len(ids) + len(trie.internal) and warm.computed == len(segments[-1]) + len(trie.internal)
+    for outcome in (cold, warm, batch[1]):
+        torch.testing.assert_close(outcome.probs, expected, atol=1e-4, rtol=1e-3)
+    short_ids = [t for seg in short for t in seg]
+    torch.testing.assert_close(batch[0].probs, _brute_force(loaded.model, loaded.tokenizer, short_ids, NAMES),
+                               atol=1e-4, rtol=1e-3)
+    assert abs(float(cold.probs.sum()) - 1) < 1e-5
+    # an item's own cache holds its prompt alone (no trie node), extendable without touching the stored one
+    own = batch[1].own_cache()
+    covered, stored = engine.cache.longest(prefix_keys("m", segments[:-1]))
+    assert covered == len(segments) - 1 and own.get_seq_length() == len(ids)
+    before = stored.layers[0].keys.clone()
+    with torch.inference_mode():
+        engine.extend(own, ids[:3])
+    assert own.get_seq_length() == len(ids) + 3 and stored.get_seq_length() == len(ids) - len(segments[-1])
+    torch.testing.assert_close(stored.layers[0].keys, before)
 
 
 def test_trie_shares_prefixes(tiny_router):

@@ -62,7 +62,7 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         base, adapters_root = None, config.adapters_dir or DEFAULT_ADAPTERS_DIR
         base_name = EMBEDDED_NAME
     adapters = adapters_for(base_name, adapters_root, names)
-    loaded = load_model(base, adapters, dtype=config.dtype, gpu=_server_gpu(context))
+    loaded = load_model(base, adapters, dtype=config.dtype, gpu=_server_gpu(context), merge_lora=config.merge_lora)
     loaded.name = base_name
     return Router(
         loaded,
@@ -72,6 +72,7 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         # the model server hands a worker one request at a time: nothing to batch there
         max_batch=config.batch_max if context is None else 1,
         batch_window_ms=config.batch_window_ms,
+        history_slack=config.history_slack,
     )
 
 

@@ -18,21 +18,37 @@ import torch
 from transformers import DynamicCache
 
 
+def _layer(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Set layer `index` of `cache` to these tensors, without copying them (DynamicCache.update would)."""
+    cache.update(keys[..., :0, :], values[..., :0, :], index)
+    cache.layers[index].keys, cache.layers[index].values = keys, values
+
+
 def join_spans(spans: list[tuple[DynamicCache, int, int]]) -> DynamicCache:
-    """A new cache of the `(cache, start, length)` token spans laid end to end; the sources are not touched."""
+    """A new cache of the `(cache, start, length)` token spans laid end to end; the sources are not touched.
+
+    A cache's tensors are never written in place (extending one makes new tensors), so a single span
+    is a view of its source and several are one copy.
+    """
     joined = DynamicCache()
     spans = [(c, start, n) for c, start, n in spans if n > 0]
     if spans:
         for i in range(len(spans[0][0].layers)):
             keys = [c.layers[i].keys[..., start: start + n, :] for c, start, n in spans]
             values = [c.layers[i].values[..., start: start + n, :] for c, start, n in spans]
-            joined.update(torch.cat(keys, dim=-2), torch.cat(values, dim=-2), i)
+            if len(spans) > 1:
+                keys, values = [torch.cat(keys, dim=-2)], [torch.cat(values, dim=-2)]
+            _layer(joined, i, keys[0], values[0])
     return joined
 
 
 def clone_cache(cache: DynamicCache, n_tokens: int | None = None) -> DynamicCache:
-    """A deep copy of the first `n_tokens` (default all), extendable without touching the original."""
-    return join_spans([(cache, 0, cache.get_seq_length() if n_tokens is None else n_tokens)])
+    """A copy of the first `n_tokens` (default all) in tensors of their own: holds no bigger storage alive."""
+    clone = DynamicCache()
+    n = cache.get_seq_length() if n_tokens is None else n_tokens
+    for i, layer in enumerate(cache.layers):
+        _layer(clone, i, layer.keys[..., :n, :].clone(), layer.values[..., :n, :].clone())
+    return clone
 
 
 def cache_bytes(cache: DynamicCache) -> int:
@@ -102,3 +118,9 @@ class PrefixCache:
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
+
+    def clear(self) -> None:
+        """Drop every entry (the statistics stay)."""
+        with self._lock:
+            self._entries.clear()
+            self.stats.bytes = self.stats.entries = 0

@@ -2,9 +2,10 @@
 
 Unless told otherwise, a base comes with the adapters that ship for it (the package's own for the
 embedded default, an artifact's `adapters/`), so every entry point routes as the server does.
-On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU in float32
-by default, because CPUs without native bf16 matmuls run bfloat16 several times slower
-(docs/performance.md); `dtype="bfloat16"` asks for it.
+On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU
+`dtype="auto"` is bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16) and
+float32 elsewhere (`hardware.cpu_dtype`). A single adapter on an unquantised base is merged
+into the weights (`merged.MergedAdapter`) unless `merge_lora=False`.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import torch
 
 from .artifacts import base_name_of
 from .embedded import EMBEDDED_NAME, ensure_embedded
+from .hardware import cpu_dtype
+from .merged import MergedAdapter
 from .resources import adapters_dir
-from .treeattention import BLOCK_ATTENTION
 
 log = logging.getLogger("taskrouter")
 MANIFEST = "router.json"
@@ -38,12 +40,20 @@ class LoadedModel:
     quantization: str
     adapters: dict[str, dict] = field(default_factory=dict)  # name -> router.json manifest
     peft: object | None = None  # the PeftModel, to switch adapters
+    merged: MergedAdapter | None = None  # the adapter folded into the weights, when one serves alone
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def use_adapter(self, name: str | None):
         """Context manager that makes `name` (or no adapter) active for the next forward passes."""
         if self.peft is None:
             return contextlib.nullcontext()
-        if name is None:
+        folded = self.merged is not None and name == self.merged.adapter
+        if self.merged is not None:
+            self.merged.activate(folded)
+        if name is None or folded:  # the LoRA path off: base weights, or the merged ones
             return self.peft.disable_adapter()
         self.peft.set_adapter(name)
         return contextlib.nullcontext()
@@ -74,9 +84,12 @@ def resolve_base(source: str | None) -> tuple[str, str]:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`dtype` by name, or for "auto" bfloat16 on CUDA and on CPUs with native bf16, else float32."""
     if dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype: {dtype!r} is not a torch dtype (auto, float32, bfloat16, float16)")
         return getattr(torch, dtype)
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if device.type == "cuda" else cpu_dtype()
 
 
 @contextlib.contextmanager
@@ -122,8 +135,6 @@ def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto", g
         kwargs["dtype"] = torch.bfloat16           # LayerNorm refuses bf16 input with float32 weights)
     with plain_linears() if quantization == "nf4" else contextlib.nullcontext():
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if getattr(model, "_supports_attention_backend", False):  # its attention goes through transformers' interface
-        model.set_attn_implementation(BLOCK_ATTENTION)
     if quantization == "none":
         model.to(device)
     model.eval()
@@ -149,9 +160,11 @@ def load_model(
     dtype: str = "auto",
     quantize: str = "auto",
     gpu: int | None = None,
+    merge_lora: bool = True,
 ) -> LoadedModel:
     """Load a base model and its adapters with peft: `adapters` (name -> folder), by default those
-    that ship for the base (`shipped_adapters`); `{}` for the bare base."""
+    that ship for the base (`shipped_adapters`); `{}` for the bare base. A single adapter on an
+    unquantised base is merged into the weights when `merge_lora`."""
     adapters = shipped_adapters(source) if adapters is None else adapters
     model, tokenizer, name, device, quantization = load_base(source, dtype, quantize, gpu)
     if not adapters:  # said at start: the bare base routes far worse than its adapter
@@ -168,6 +181,8 @@ def load_model(
             loaded.peft.load_adapter(str(adapter_dir), adapter_name=adapter_name)
         loaded.peft.eval()
         loaded.adapters[adapter_name] = manifest
+    if merge_lora and len(loaded.adapters) == 1 and quantization == "none":
+        loaded.merged = MergedAdapter(loaded.peft, next(iter(loaded.adapters)))
     return loaded
 
 

@@ -117,26 +117,47 @@ class EncodedPrompt:
 MIN_MESSAGE_TOKENS = 32  # room the newest message must have next to the task list, or the request is refused
 
 
-def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024, history_tokens: int | None = None) -> EncodedPrompt:
+def encode_text(tokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of client text: a special token's spelling in it (`<end_of_turn>`) stays text, never a control token."""
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens, split_special_tokens=True)
+
+
+def encode_prompt(tokenizer, prompt: Prompt, max_tokens: int = 1024, history_tokens: int | None = None,
+                  history_slack: int = 0) -> EncodedPrompt:
     """Tokenise segment by segment, keeping the newest messages within `history_tokens` and the
     whole prompt within `max_tokens`.
 
     The task list and the tail are always whole and the newest message is never dropped (a huge
     one keeps its end, the part nearest the answer), so a long task list can never blind the model
     to what the user just said. Raises `PromptTooLong` when the task list leaves it no room.
+    With `history_slack`, the window moves in chunks: its first message stays while the history
+    fits `history_tokens + history_slack`, so the next turn's prompt extends this one's and its
+    cached prefix serves; past that, the oldest messages go until `history_tokens` fit again.
     """
-    encoded = [tokenizer.encode(s, add_special_tokens=(i == 0)) for i, s in enumerate(prompt.segments)]
+    encoded = [encode_text(tokenizer, s, add_special_tokens=(i == 0)) for i, s in enumerate(prompt.segments)]
     head, messages, tail = encoded[0], encoded[1:-1], encoded[-1]
     room = max_tokens - len(head) - len(tail)
     if room < MIN_MESSAGE_TOKENS:
         raise PromptTooLong(len(head), max_tokens)
-    room = min(room, history_tokens or room)
-    history = sum(map(len, messages))
-    while history > room and len(messages) > 1:
-        history -= len(messages.pop(0))
-    if history > room:
-        messages[-1] = messages[-1][-room:]
+    keep = min(room, history_tokens or room)
+    messages = messages[_window_start([len(m) for m in messages], keep, min(room, keep + history_slack)):]
+    if len(messages) == 1 and len(messages[0]) > keep:
+        messages[-1] = messages[-1][-keep:]
     return EncodedPrompt(segments=[head, *messages, tail])
+
+
+def _window_start(lengths: list[int], keep: int, limit: int) -> int:
+    """The first message of the window, replayed over the conversation as it grew (stateless, so every
+    request of a conversation agrees): when the history passes `limit`, the oldest messages go until
+    it fits `keep`; the newest message always stays."""
+    start, total = 0, 0
+    for newest, length in enumerate(lengths):
+        total += length
+        if total > limit:
+            while total > keep and start < newest:
+                total -= lengths[start]
+                start += 1
+    return start
 
 
 class PromptTooLong(ValueError):

@@ -1,7 +1,25 @@
-"""The router: one request in, one decision out, over the prefix cache and the constrained scorer."""
+"""The router: one request in, one decision out.
+
+The request path, end to end:
+
+1. `Router.route(request)` turns the request into a `_Job` in the caller's thread: adapter and
+   strategy resolved, prompt built and encoded (client text can never become control tokens),
+   the name trie built. Everything a request can get wrong fails here, as its own `RequestError`
+   (404 unknown adapter, 413 prompt too long, 400 `tasks` whose names read as the same tokens),
+   before it can join a batch.
+2. The job waits in the `MicroBatcher` queue; whichever caller holds the run lock takes up to
+   `max_batch` queued jobs and calls `Router._route_batch` with them.
+3. Per adapter, `Engine.run` computes the whole group in ONE forward pass: each job's longest
+   cached prefix is reused, its new tokens and its trie nodes are computed together, and the
+   names' constrained probabilities come out of that pass; the prefix cache keeps the new
+   checkpoints. Jobs that reason first (few_shot_cot / react) or decode freely continue one by
+   one on their own copy of the cache with `Engine.extend`, whose last pass scores the trie.
+4. `_answer` applies the adapter's none bias, orders the candidates and sets the event.
+
+A fault while computing a group fails only the job that caused it: the group is retried job by job.
+"""
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from dataclasses import dataclass
@@ -12,43 +30,34 @@ import torch
 from transformers import DynamicCache
 
 from .batching import DEFAULT_BATCH, MicroBatcher
+from .engine import Engine, Item, Outcome, pick_attention
 from .events import event_for
-from .kvcache import PrefixCache, join_spans, prefix_keys
+from .kvcache import PrefixCache
 from .loading import LoadedModel, is_embedded, load_model
-from .prompts import ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt
+from .prompts import (ANSWER_LEAD, REASONING_CLOSE, REASONING_TOKENS, PromptTooLong, build_prompt, encode_prompt,
+                      encode_text)
 from .schema import NONE, Candidate, RequestError, RouteAnswer, RouteRequest, parse_request
-from .scorer import Anchor, NameTrie, cache_kwargs, score_names, softcap
-from .treeattention import Layout, tree_inputs
+from .scorer import NameTrie
 
 FREE_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """A prefilled batch: its KV cache (distinct cached prefixes, then each item's new tokens),
-    their layout, each item's segment and the hidden state at each item's answer lead."""
-
-    cache: DynamicCache
-    layout: Layout
-    segments: list[int]
-    hidden: list[torch.Tensor]
-
-    def own_cache(self, item: int) -> DynamicCache:
-        """Item's own contiguous cache (its prefix then its new tokens), a copy."""
-        return join_spans([(self.cache, start, n) for start, n in self.layout.spans(self.segments[item])])
-
-
-@dataclass(frozen=True)
 class _Job:
-    """A validated request, prompt encoded, waiting for its batch."""
+    """A validated request, prompt encoded and trie built, waiting for its batch."""
 
     request: RouteRequest
     started: float
     adapter: str | None
     strategy: str
-    names: list[str]
+    trie: NameTrie
     reasoning_lead: str | None
     segments: list[list[int]]
+
+    @property
+    def chooses_now(self) -> bool:
+        """Whether the constrained choice follows the prompt directly (no reasoning, no free text)."""
+        return self.request.decoding == "constrained" and not self.reasoning_lead
 
 
 class Router:
@@ -56,9 +65,11 @@ class Router:
     (up to `max_batch`, waiting `batch_window_ms` for company) in one forward pass."""
 
     def __init__(self, loaded: LoadedModel, cache_bytes: int = 512 * 2**20, max_prompt_tokens: int = 1024,
-                 default_adapter: str | None = None, max_batch: int = DEFAULT_BATCH, batch_window_ms: float = 2.0):
+                 default_adapter: str | None = None, max_batch: int = DEFAULT_BATCH, batch_window_ms: float = 2.0,
+                 attention: str | None = None, history_slack: int = 0):
         self.loaded = loaded
-        self.cache = PrefixCache(cache_bytes)
+        self.history_slack = history_slack  # an adapter's history window moves in chunks this much longer
+        self.engine = Engine(loaded.model, PrefixCache(cache_bytes), attention or pick_attention(loaded.model))
         self.max_prompt_tokens = max_prompt_tokens
         self.default_adapter = default_adapter if default_adapter in loaded.adapters else next(iter(loaded.adapters), None)
         self.batcher = MicroBatcher(self._route_batch, max_batch, batch_window_ms / 1000)
@@ -80,6 +91,10 @@ class Router:
     def model_name(self) -> str:
         return self.loaded.name
 
+    @property
+    def cache(self) -> PrefixCache:
+        return self.engine.cache
+
     def route(self, request: RouteRequest | dict | None = None, /, **fields: Any) -> RouteAnswer:
         """Choose the task after the request's last user message; never a name outside the list.
 
@@ -91,7 +106,7 @@ class Router:
         return self.batcher.submit(self._job(request))
 
     def _job(self, request: RouteRequest) -> _Job:
-        """Resolve adapter and strategy and encode the prompt, in the caller's thread (errors stay its own)."""
+        """Resolve adapter and strategy, encode the prompt and build the trie, in the caller's thread."""
         started = time.perf_counter()
         adapter = request.adapter if request.adapter is not None else self.default_adapter
         adapter = None if adapter == NONE else adapter  # "none": the bare base model
@@ -106,59 +121,73 @@ class Router:
             prompt_format = manifest.get("prompt_format", "adapter")
         prompt = build_prompt(strategy, request.tasks, request.messages, request.current_task, prompt_format)
         try:
-            encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history)
+            encoded = encode_prompt(self.loaded.tokenizer, prompt, self.max_prompt_tokens, history,
+                                    self.history_slack if history else 0)
+            trie = self._trie(request.task_names + [NONE])
         except PromptTooLong as exc:
             raise RequestError("too_large", str(exc), 413) from None
-        return _Job(request, started, adapter, strategy, request.task_names + [NONE], prompt.reasoning_lead,
-                    encoded.segments)
+        except ValueError as exc:  # names that tokenize alike: no choice could tell them apart
+            raise RequestError("invalid_field", str(exc), 400) from None
+        return _Job(request, started, adapter, strategy, trie, prompt.reasoning_lead, encoded.segments)
 
     def prompt_ids(self, request: RouteRequest) -> list[int]:
         """The token ids the model reads for this request, up to the answer (or reasoning) lead."""
-        return [i for segment in self._job(request).segments for i in segment]
+        return [i for segment in self.prompt_segments(request)[1] for i in segment]
+
+    def prompt_segments(self, request: RouteRequest) -> tuple[str, list[list[int]]]:
+        """(prefix-cache namespace, token segments) of this request's prompt: what `Engine.run` gets."""
+        job = self._job(request)
+        return self._namespace(job.adapter), job.segments
+
+    def _namespace(self, adapter: str | None) -> str:
+        return f"{self.loaded.name}|{adapter}"
 
     def _route_batch(self, jobs: Sequence[_Job]) -> list[RouteAnswer | Exception]:
-        """Per adapter: one prefill forward for the whole batch, one forward for all constrained
-        choices; reasoning and free decoding then run request by request."""
+        """Per adapter, one engine pass for the group (job by job if it fails), then each job's answer."""
         results: list[RouteAnswer | Exception] = [RuntimeError("not routed")] * len(jobs)
         by_adapter: dict[str | None, list[int]] = {}
         for i, job in enumerate(jobs):
             by_adapter.setdefault(job.adapter, []).append(i)
         for adapter, indices in by_adapter.items():
             with self.loaded.use_adapter(adapter), torch.inference_mode():
+                namespace = self._namespace(adapter)
                 try:
-                    batch = self._prefill([jobs[i].segments for i in indices], f"{self.loaded.name}|{adapter}")
-                    direct = [k for k, i in enumerate(indices)
-                              if jobs[i].request.decoding == "constrained" and not jobs[i].reasoning_lead]
-                    anchors = [Anchor(self._trie(jobs[indices[k]].names), batch.segments[k], batch.hidden[k])
-                               for k in direct]
-                    for k, probs in zip(direct, score_names(self.loaded.model, batch.cache, batch.layout, anchors)):
-                        results[indices[k]] = self._answer(jobs[indices[k]], probs, None)
-                except Exception as exc:  # noqa: BLE001 (reported to each caller of these forward passes)
+                    done = list(zip(indices, self._run([jobs[i] for i in indices], namespace)))
+                except Exception:  # noqa: BLE001 (retried job by job: the fault stays with the job that caused it)
+                    done = []
                     for i in indices:
-                        results[i] = exc
-                    continue
-                for k, i in enumerate(indices):
-                    if k not in direct:
                         try:
-                            results[i] = self._answer(jobs[i], *self._decode(jobs[i], batch.own_cache(k),
-                                                                             batch.hidden[k]))
-                        except Exception as exc:  # noqa: BLE001 (one request's failure is its own)
+                            done.append((i, self._run([jobs[i]], namespace)[0]))
+                        except Exception as exc:  # noqa: BLE001 (this job's own failure)
                             results[i] = exc
+                for i, outcome in done:
+                    try:
+                        results[i] = self._finish(jobs[i], outcome)
+                    except Exception as exc:  # noqa: BLE001 (one request's failure is its own)
+                        results[i] = exc
         return results
 
-    def _decode(self, job: _Job, cache: DynamicCache, hidden: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Reasoning (few_shot_cot / react) then the constrained choice, or free text: (probabilities, raw text)."""
-        raw = None
+    def _run(self, jobs: list[_Job], namespace: str) -> list[Outcome]:
+        return self.engine.run([Item(job.segments, job.trie if job.chooses_now else None) for job in jobs], namespace)
+
+    def _finish(self, job: _Job, outcome: Outcome) -> RouteAnswer:
+        """The answer from the engine's outcome, after reasoning and / or free decoding where the job asks."""
+        if job.chooses_now:
+            return self._answer(job, outcome.probs, None)
+        cache, hidden, reasoning = outcome.own_cache(), outcome.hidden, None
+        constrained = job.request.decoding == "constrained"
         if job.reasoning_lead:
-            raw, cache, hidden = self._reason(cache, hidden, job.strategy)
-        if job.request.decoding == "free":
-            text, _, _ = self._greedy(cache, hidden, FREE_TOKENS, stop="\n")
-            return self._parse_free(text, job.names), (raw + "\n" if raw else "") + text
-        layout = Layout([cache.get_seq_length()], [-1])
-        return score_names(self.loaded.model, cache, layout, [Anchor(self._trie(job.names), 0, hidden)])[0], raw
+            reasoning = self._greedy(cache, hidden, REASONING_TOKENS)
+            closing = encode_text(self.loaded.tokenizer, " " + reasoning + REASONING_CLOSE[job.strategy] + ANSWER_LEAD)
+            closed = self.engine.extend(cache, closing, job.trie if constrained else None)
+            if constrained:
+                return self._answer(job, closed.probs, reasoning)
+            hidden = closed.hidden
+        text = self._greedy(cache, hidden, FREE_TOKENS)
+        return self._answer(job, self._parse_free(text, job.trie.names), (reasoning + "\n" if reasoning else "") + text)
 
     def _answer(self, job: _Job, probs: torch.Tensor, raw: str | None) -> RouteAnswer:
-        request, names = job.request, job.names
+        request, names = job.request, job.trie.names
         bias = self.none_bias(job.adapter) if job.strategy == "adapter" and request.decoding == "constrained" else 0.0
         if bias:  # names end with none: shift its log-probability, then renormalise
             logp = torch.log(probs)
@@ -193,72 +222,22 @@ class Router:
             trie = self._tries[key] = NameTrie.build(self.loaded.tokenizer, names)
         return trie
 
-    def _forward(self, ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        """Extend `cache` by `ids`; returns the last position's final hidden state."""
-        body = self.loaded.model.get_decoder()
-        tensor = torch.tensor([ids], device=self.loaded.device)
-        return body(input_ids=tensor, use_cache=True, **cache_kwargs(body, cache)).last_hidden_state[0, -1]
-
-    def _prefill(self, items: list[list[list[int]]], namespace: str) -> _Batch:
-        """For every item (prompt segments), compute what its longest cached prefix does not cover:
-        all items in ONE forward pass, the distinct cached prefixes laid end to end and each item's
-        new tokens attending to its own prefix and itself. Keeps two checkpoints per item (after
-        the instruction + task list, after the last message) in the prefix cache."""
-        keys = [prefix_keys(namespace, segments[:-1]) for segments in items]  # the tail is never cached
-        hits = [self.cache.longest(k) for k in keys]
-        prefixes: dict[int, int] = {}  # id(stored cache) -> its segment in the layout
-        stored: list[DynamicCache] = []
-        for _, cache in hits:
-            if cache is not None and id(cache) not in prefixes:
-                prefixes[id(cache)] = len(stored)
-                stored.append(cache)
-        news = [[t for seg in segments[covered:] for t in seg] for segments, (covered, _) in zip(items, hits)]
-        layout = Layout([c.get_seq_length() for c in stored] + [len(n) for n in news],
-                        [-1] * len(stored) + [prefixes[id(c)] if c is not None else -1 for _, c in hits])
-        past = join_spans([(c, 0, c.get_seq_length()) for c in stored])
-        ids = torch.tensor([[t for n in news for t in n]], device=self.loaded.device)
-        inputs = tree_inputs(self.loaded.model, layout.lengths, layout.parents, cached=len(stored))
-        decoder = self.loaded.model.get_decoder()
-        hidden = decoder(input_ids=ids, use_cache=True, **cache_kwargs(decoder, past), **inputs).last_hidden_state[0]
-        ends_new = list(itertools.accumulate(len(n) for n in news))
-        batch = _Batch(past, layout, [len(stored) + i for i in range(len(items))],
-                       [hidden[end - 1] for end in ends_new])
-        for i, (segments, (covered, _)) in enumerate(zip(items, hits)):
-            ends = list(itertools.accumulate(len(seg) for seg in segments))
-            missing = [j for j in {0, len(keys[i]) - 1} if j >= covered and keys[i][j] not in self.cache]
-            own = batch.own_cache(i) if missing else None
-            for j in missing:
-                self.cache.put(keys[i][j], ends[j], own)
-        return batch
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return softcap(self.loaded.model, self.loaded.model.get_output_embeddings()(hidden[None]).float()[0])
-
-    def _greedy(self, cache: DynamicCache, hidden: torch.Tensor, max_tokens: int, stop: str):
-        """Unconstrained greedy decoding (full vocabulary) until `stop` or `max_tokens`."""
+    def _greedy(self, cache: DynamicCache, hidden: torch.Tensor, max_tokens: int) -> str:
+        """Unconstrained greedy decoding (full vocabulary) of one line, at most `max_tokens`; the cache
+        holds the prompt alone again afterwards (what follows is re-encoded as text)."""
         tokenizer = self.loaded.tokenizer
-        out: list[int] = []
+        start, out = cache.get_seq_length(), []
         for _ in range(max_tokens):
-            token = int(torch.argmax(self._logits(hidden)))
+            token = int(torch.argmax(self.engine.logits(hidden)))
             if token == tokenizer.eos_token_id:
                 break
             out.append(token)
-            hidden = self._forward([token], cache)
-            if stop in tokenizer.decode(out[-1:]):
+            hidden = self.engine.extend(cache, [token]).hidden
+            if "\n" in tokenizer.decode(out[-1:]):
                 break
-        return tokenizer.decode(out).split(stop)[0].strip(), cache, hidden
-
-    def _reason(self, cache: DynamicCache, hidden: torch.Tensor, strategy: str):
-        """Generate a bounded reasoning line, then close it with the answer lead."""
-        start = cache.get_seq_length()
-        text, cache, hidden = self._greedy(cache, hidden, REASONING_TOKENS, stop="\n")
-        closing = self.loaded.tokenizer.encode(" " + text + REASONING_CLOSE[strategy] + ANSWER_LEAD,
-                                               add_special_tokens=False)
-        # re-encode what was generated so the cache holds exactly "reasoning + close + lead"
         if cache.get_seq_length() > start:
             cache.crop(start - cache.get_seq_length())
-        hidden = self._forward(closing, cache)
-        return text, cache, hidden
+        return tokenizer.decode(out).split("\n")[0].strip()
 
     @staticmethod
     def _parse_free(text: str, names: list[str]) -> torch.Tensor:

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     adapters_dir: Path | None = Field(None, description="folder of adapters for the embedded model; unset: the "
                                                         "shipped model_artifacts/adapters")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype; auto: float32 on CPU, bfloat16 (+NF4) on CUDA")
+        "auto", description="weights dtype; auto: bfloat16 (+NF4) on CUDA and on CPUs that multiply bf16 natively "
+                            "(AMX, AVX512-BF16), float32 on other CPUs")
+    merge_lora: bool = Field(True, description="fold a single adapter into the base weights (0: keep it unmerged)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; unset: CPU cores / workers")
     cache: Path | None = Field(None, description="where the embedded model's converted copy is kept; unset: "
                                                  "~/.cache/taskrouter")
@@ -51,6 +53,9 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(1024, ge=16, description="longest prompt; older messages are dropped first")
     batch_max: int = Field(DEFAULT_BATCH, ge=1, description="requests per forward pass (micro-batching)")
     batch_window_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company, ms")
+    history_slack: int = Field(0, ge=0, description="tokens an adapter's history window may grow past its "
+                                                    "history_tokens before it moves, so next turns reuse the "
+                                                    "cached conversation (0: the training window)")
     # request limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body, chunked or not "
                                                                   "(413 above)")

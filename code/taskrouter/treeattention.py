@@ -12,11 +12,11 @@ keys further away than their window.
 
 Block attention is hand-written because dense masked attention wastes most of a
 batch: with 8 requests laid end to end, every new token is scored against all 8
-cached prompts and 7 of them are masked away. Models that take transformers'
-attention interface (Gemma 3) run `block_attention` instead: one sdpa call per
-request, over only the keys that request may see. It pays when requests bring many
-new tokens on top of their cached prefixes and breaks even when they bring few
-(figures and the commands behind them: docs/performance.md).
+cached prompts and 7 of them are masked away. On models that take transformers'
+attention interface (Gemma 3), `enable_block_attention` makes the attention accept
+query blocks, and a forward given `blocks` runs one sdpa call per request over only
+the keys that request may see (the engine decides, per forward, whether to pass
+them); a forward without blocks is plain sdpa. docs/speed.md has the figures.
 """
 from __future__ import annotations
 
@@ -48,20 +48,23 @@ class Layout:
         return chain[::-1]
 
 
-def tree_layout(lengths: list[int], parents: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(allowed: tokens x tokens, positions: tokens) for segments of `lengths`; `parents[i]` is -1 for a root."""
+def tree_layout(lengths: list[int], parents: list[int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed: query tokens x all tokens, positions: all tokens) for segments of `lengths`, `parents[i]`
+    -1 for a root; the queries are the tokens of segments `first:` (the ones a forward computes)."""
     starts = [0, *itertools.accumulate(lengths)]
-    allowed = torch.zeros(starts[-1], starts[-1], dtype=torch.bool)
+    allowed = torch.zeros(starts[-1] - starts[first], starts[-1], dtype=torch.bool)
     positions = torch.empty(starts[-1], dtype=torch.long)
     for s, n in enumerate(lengths):
-        rows = slice(starts[s], starts[s] + n)
-        allowed[rows, rows] = torch.ones(n, n, dtype=torch.bool).tril()
         depth, a = 0, parents[s]
         while a >= 0:
-            allowed[rows, starts[a]: starts[a] + lengths[a]] = True
+            if s >= first:
+                allowed[starts[s] - starts[first]: starts[s + 1] - starts[first], starts[a]: starts[a + 1]] = True
             depth += lengths[a]
             a = parents[a]
-        positions[rows] = depth + torch.arange(n)
+        positions[starts[s]: starts[s + 1]] = depth + torch.arange(n)
+        if s >= first:
+            rows = slice(starts[s] - starts[first], starts[s + 1] - starts[first])
+            allowed[rows, starts[s]: starts[s + 1]] = torch.ones(n, n, dtype=torch.bool).tril()
     return allowed, positions
 
 
@@ -82,16 +85,16 @@ def tree_masks(model, allowed: torch.Tensor, q_positions: torch.Tensor, k_positi
     return {lt: build(config.sliding_window if "sliding" in lt else None) for lt in layer_types}
 
 
-def tree_inputs(model, lengths: list[int], parents: list[int], cached: int) -> dict:
+def tree_inputs(model, lengths: list[int], parents: list[int], cached: int, blocks: bool = False) -> dict:
     """Decoder keyword arguments for the tokens of segments `cached:` on top of a cache holding the
-    segments before: their masks and positions, and their query blocks when the model runs
-    `block_attention`."""
-    allowed, positions = tree_layout(lengths, parents)
+    segments before: their masks and positions, and with `blocks` (a model set up by
+    `enable_block_attention`) their query blocks."""
     past = sum(lengths[:cached])
+    allowed, positions = tree_layout(lengths, parents, first=cached)
     device = model.device
-    inputs = {"attention_mask": tree_masks(model, allowed[past:], positions[past:], positions, device),
+    inputs = {"attention_mask": tree_masks(model, allowed, positions[past:], positions, device),
               "position_ids": positions[None, past:].to(device)}
-    if model.config._attn_implementation == BLOCK_ATTENTION:
+    if blocks:
         inputs["blocks"] = [(rows.to(device), cols.to(device)) for rows, cols in query_blocks(lengths, parents, cached)]
     return inputs
 
@@ -128,5 +131,13 @@ def block_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
     return out, None
 
 
-AttentionInterface.register(BLOCK_ATTENTION, block_attention)
-AttentionMaskInterface.register(BLOCK_ATTENTION, sdpa_mask)
+def supports_block_attention(model) -> bool:
+    """Whether the model's attention goes through transformers' attention interface (Gemma 3 does)."""
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def enable_block_attention(model) -> None:
+    """Make the model's attention `block_attention` (sdpa unless a forward passes `blocks`)."""
+    AttentionInterface.register(BLOCK_ATTENTION, block_attention)
+    AttentionMaskInterface.register(BLOCK_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(BLOCK_ATTENTION)
