@@ -182,7 +182,8 @@ def test_export_writes_confirmed_and_relabelled_only(store, tmp_path, capsys):
     out = tmp_path / "validated.jsonl"
     data_cli.main(["export", "--db", store.path, "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "wrote 2 conversations" in printed and "1 wrong, 1 marked for later, 1 undecided" in printed
+    assert "wrote 2 conversations" in printed
+    assert "1 wrong, 0 whose second review disagrees, 1 marked for later, 1 undecided" in printed
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["c000", "c001"]
     assert records[0] == conversation(0)
@@ -264,6 +265,18 @@ def test_second_review_of_a_sample_and_its_agreement(tmp_path):
     assert agreement == {"second_reviews": 3, "same_status": pytest.approx(1 / 3), "turns": 6,
                          "same_task": pytest.approx(4 / 6), "kappa": pytest.approx(cohen_kappa_score(first, second))}
     assert store.progress()["by_reviewer"] == {"ann": 3, "bob": 3}
+    # c001 and c002 were decided differently by the two reviewers: held back until someone settles them
+    counts = store.export(tmp_path / "validated.jsonl")
+    assert counts["written"] == 1 and counts["disputed"] == 2
+    assert [json.loads(line)["id"] for line in (tmp_path / "validated.jsonl").read_text().splitlines()] == ["c000"]
+
+
+def test_the_second_review_sample_is_independent_of_a_sample_drawn_by_the_ids_hash(tmp_path):
+    import hashlib
+
+    store = ReviewStore(tmp_path / "review.sqlite", second_share=0.5)
+    ids = sorted((f"conv-{i}" for i in range(400)), key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:60]
+    assert 15 <= sum(map(store.sampled, ids)) <= 45  # about half, not all 60
 
 
 def test_every_bad_input_is_a_json_error(store):

@@ -224,8 +224,8 @@ def run_export(args: argparse.Namespace) -> None:
     counts = ReviewStore(args.db).export(args.out)
     print(json.dumps(counts))
     print(f"wrote {counts['written']} conversations to {args.out} ({counts['confirmed']} confirmed, "
-          f"{counts['relabelled']} relabelled; skipped {counts['wrong']} wrong, {counts['later']} marked for later, "
-          f"{counts['undecided']} undecided)")
+          f"{counts['relabelled']} relabelled; skipped {counts['wrong']} wrong, {counts['disputed']} whose second "
+          f"review disagrees, {counts['later']} marked for later, {counts['undecided']} undecided)")
     agreement = ReviewStore(args.db).agreement()
     if agreement["second_reviews"]:
         kappa = "n/a" if agreement["kappa"] is None else f"{agreement['kappa']:.2f}"

@@ -7,7 +7,8 @@ nothing. `decisions` holds the latest decision per conversation, `log` all of th
 Reviewers are known by a token issued once (only its sha256 is stored), and only the
 holder of a conversation's lease may decide it. A stable sample of the decided
 conversations (`second_share`) goes to a second, independent reviewer; `agreement()`
-compares the two reviews (Cohen's kappa over the turns' tasks).
+compares the two reviews (Cohen's kappa over the turns' tasks), and `export()` holds back a
+conversation whose two reviews disagree.
 """
 from __future__ import annotations
 
@@ -114,8 +115,9 @@ class ReviewStore:
             return db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0] - before
 
     def sampled(self, conv_id: str) -> bool:
-        """Whether a conversation is in the second-review sample: a stable share of ids, by hash."""
-        return int(_digest(conv_id)[:8], 16) < self.second_share * 16**8
+        """Whether a conversation is in the second-review sample: a stable share of ids, by a salted hash (a
+        file drawn as the ids of lowest sha256 would otherwise fall into the sample whole)."""
+        return int(_digest("second-review:" + conv_id)[:8], 16) < self.second_share * 16**8
 
     def add_reviewer(self, name: str, new_token: bool = False) -> str | None:
         """Register a reviewer and return their login token (shown once); None when they have one already,
@@ -263,19 +265,26 @@ class ReviewStore:
         return None if row is None else {"status": row[0], "labels": json.loads(row[1]), "reviewer": row[2]}
 
     def export(self, out: str | Path) -> dict:
-        """Write confirmed and relabelled conversations (with their decided labels) as router-bench JSONL."""
-        counts = {status: 0 for status in STATUSES} | {"undecided": 0, "written": 0}
+        """Write confirmed and relabelled conversations (with their decided labels) as router-bench JSONL; one
+        whose second review differs from its first (in decision or labels) is held back as disputed."""
+        counts = {status: 0 for status in STATUSES} | {"undecided": 0, "disputed": 0, "written": 0}
         with self._tx() as db:
-            rows = db.execute("""SELECT c.record, d.status, d.labels FROM conversations c
-                LEFT JOIN decisions d ON d.conv_id = c.id ORDER BY c.pos""").fetchall()
+            rows = db.execute("""SELECT c.record, d.status, d.labels, s.status, s.labels FROM conversations c
+                LEFT JOIN decisions d ON d.conv_id = c.id LEFT JOIN second_reviews s ON s.conv_id = c.id
+                ORDER BY c.pos""").fetchall()
         tmp = Path(f"{out}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for record_json, status, labels in rows:
+            for record_json, status, labels, second_status, second_labels in rows:
                 counts[status or "undecided"] += 1
-                if status in ("confirmed", "relabelled"):
-                    record = json.loads(record_json) | {"labels": json.loads(labels)}
-                    f.write(BenchRecord.model_validate(record).model_dump_json() + "\n")
-                    counts["written"] += 1
+                if status not in KEPT:
+                    continue
+                if second_status is not None and (second_status not in KEPT or
+                                                  json.loads(second_labels) != json.loads(labels)):
+                    counts["disputed"] += 1
+                    continue
+                record = json.loads(record_json) | {"labels": json.loads(labels)}
+                f.write(BenchRecord.model_validate(record).model_dump_json() + "\n")
+                counts["written"] += 1
         os.replace(tmp, out)
         return counts
 
