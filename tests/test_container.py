@@ -150,7 +150,9 @@ def with_changed_file(src: Path, dst: Path, name: str, change) -> Path:
 
     with tarfile.open(src) as tin:
         files = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
-    files[name] = change(files[name].decode()).encode()
+    changed = change(files[name].decode()).encode()
+    assert changed != files[name], f"the change left {name} as it was"  # a no-op would test nothing
+    files[name] = changed
     manifest = json.loads(files["taskrouter-manifest.json"])
     manifest["files"][name] = {"sha256": hashlib.sha256(files[name]).hexdigest(), "size": len(files[name])}
     files["taskrouter-manifest.json"] = json.dumps(manifest).encode()
@@ -178,7 +180,7 @@ def test_verify_catches_a_router_that_loses_its_cache_on_the_images_transformers
     from taskrouter.packaging.verify import VerifyError, verify
 
     monkeypatch.setenv("TASKROUTER_THREADS", "1")
-    broken = with_changed_file(artifact.archive, tmp_path / "model.tar.gz", "code/taskrouter/scorer.py",
+    broken = with_changed_file(artifact.archive, tmp_path / "model.tar.gz", "code/taskrouter/engine.py",
                                lambda text: text.replace("return {_cache_keyword(type(decoder)): cache}",
                                                          'return {"cache": cache}'))
     with pytest.raises(VerifyError, match=r"request [23]: the SageMaker model server answered .*, this environment"):
