@@ -59,19 +59,23 @@ def route(model_dir: Path, adapter_dir: Path) -> dict:
 
 
 def test_three_steps_reduce_the_loss_and_write_a_loadable_adapter(tiny_dir, data, tmp_path):
+    import gzip
+
     out = tmp_path / "adapters" / "tiny-router"
+    dev = tmp_path / "dev.jsonl.gz"  # read as --data is: plain or gzipped
+    dev.write_bytes(gzip.compress(Path(data).read_bytes()))
     manifest = train("--base", tiny_dir, "--data", data, "--out", out, "--max-examples", 3, "--grad-accum", 1,
-                     "--lr", 0.02, "--dev", data, "--dev-turns", 1, "--augment", "wrong_current=0.5",
+                     "--lr", 0.02, "--dev", dev, "--dev-turns", 1, "--augment", "wrong_current=0.5",
                      "--closed-loop", predictions(tmp_path))
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert manifest["name"] == "tiny-router" and manifest["base_model"] == "tiny-gemma3"
     assert manifest["prompt_format"] == "adapter" and manifest["quantization"] == "none"
     assert manifest["training"]["optimizer_steps"] == 3
     assert manifest["training_data"]["examples"]["by_event"] == {"start": 3}
-    assert manifest["dev_metrics"]["files"][str(data)]["turns"] == 1
+    assert manifest["dev_metrics"]["files"][str(dev)]["turns"] == 1
     card = (out / "README.md").read_text()  # the model card, not peft's generic one
     assert card.startswith("---\nbase_model: tiny-gemma3\nlibrary_name: peft\n")
-    assert manifest["train_command"] in card and f"| `{data}` | 1 |" in card
+    assert manifest["train_command"] in card and f"| `{dev}` | 1 |" in card
     again = parse_args(shlex.split(manifest["train_command"])[1:])
     assert again.rank == 8 and again.augment == "wrong_current=0.5"
     assert again.closed_loop == manifest["training_data"]["closed_loop"] == [str(predictions(tmp_path))]

@@ -401,6 +401,7 @@ def save_adapter(model, out: Path, base_name: str) -> None:
 
 def dev_metrics(base: str, adapter_dir: Path, name: str, files: list[str], n_turns: int) -> dict:
     """Quick open-loop dev accuracy (gold current task) of the saved adapter through the serving Router."""
+    from taskrouter.evaluation.benchfile import open_text
     from taskrouter.loading import load_model
     from taskrouter.router import Router
     from taskrouter.schema import NONE, parse_request
@@ -410,7 +411,8 @@ def dev_metrics(base: str, adapter_dir: Path, name: str, files: list[str], n_tur
     results: dict[str, dict] = {}
     per_file = max(1, n_turns // len(files))
     for path in files:
-        records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+        with open_text(path) as f:  # .jsonl or .jsonl.gz, as --data
+            records = [json.loads(line) for line in f if line.strip()]
         rng.shuffle(records)
         right = events_right = seen = 0
         with tqdm(total=per_file, desc=f"dev {Path(path).parent.name}", unit="turn") as bar:
