@@ -103,3 +103,14 @@ def test_bad_adapters_are_named(tiny_dir, ingredients, tmp_path):
     with pytest.raises(SystemExit, match=r"--adapter: adapter .*unlabelled has no router.json"):
         average(ingredients[0], unlabelled)
     assert not (tmp_path / "out").exists()  # nothing written on bad input
+
+
+def test_a_warm_start_from_a_soup_keeps_the_runs_it_is_the_mean_of(ingredients, tmp_path):
+    from taskrouter.training.train import init_provenance
+
+    out = tmp_path / "soup"
+    main(["average", *[a for p in ingredients for a in ("--adapter", str(p))], "--out", str(out)])
+    provenance = init_provenance(str(out))  # what a `train --init-adapter SOUP` records
+    assert [run["train_command"] for run in provenance["average_of"]] == [f"taskrouter train --seed {i}"
+                                                                          for i in range(3)]
+    assert provenance["average_command"] == json.loads((out / "router.json").read_text())["average_command"]

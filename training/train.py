@@ -272,13 +272,15 @@ def load_weights(model, path: Path, option: str) -> None:
 
 
 def init_provenance(path: str | None) -> dict | None:
-    """Where a warm start came from: the starting adapter's own command and training, from its manifest."""
+    """Where a warm start came from: the starting adapter's own provenance (its command, data and training, its
+    warm start, or the runs it is the mean of), from its manifest."""
+    from .average import PROVENANCE
+
     if not path:
         return None
     manifest = Path(path) / MANIFEST
     earlier = json.loads(manifest.read_text()) if manifest.exists() else {}
-    return {"path": path, "train_command": earlier.get("train_command"), "training": earlier.get("training"),
-            "init_adapter": earlier.get("init_adapter")}
+    return {"path": path, **{key: earlier.get(key) for key in (*PROVENANCE, "average_command")}}
 
 
 def load_checkpoint(model, optimizer, path: Path, expected: str) -> dict:
