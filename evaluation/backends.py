@@ -131,14 +131,22 @@ class RouterPool:
             for config in configs:
                 if config.kind == "llm" and config.model != "embedded" and not Path(config.model).is_dir():
                     raise FileNotFoundError(f"config {config.name}: model {config.model!r} is not a directory")
-                self._adapters_for(config.model)
+                self._adapters_for(config.model, self._group(config))
 
-    def _adapters_for(self, model: str) -> dict[str, Path]:
+    def _group(self, config: EvalConfig) -> str:
+        """"" for the router a model's configs share; the adapter's folder when another config names a
+        different adapter by the same name (two runs of one adapter compared): it gets a router of its own."""
+        folder = adapter_folder(config)
+        clash = folder is not None and any(c.kind == "llm" and c.model == config.model and c.adapter == config.adapter
+                                           and adapter_folder(c) != folder for c in self.configs)
+        return str(folder) if clash else ""
+
+    def _adapters_for(self, model: str, group: str) -> dict[str, Path]:
         from taskrouter.loading import find_adapters
 
         adapters: dict[str, Path] = {}
         for config in self.configs:
-            if config.kind == "llm" and config.model == model and config.adapter:
+            if config.kind == "llm" and config.model == model and config.adapter and self._group(config) == group:
                 try:
                     adapters.update(find_adapters(adapters_root(config), [config.adapter]))
                 except FileNotFoundError as exc:
@@ -159,7 +167,8 @@ class RouterPool:
             return self._routers[f"openai|{config.name}"]
         if self.remote is not None:
             return self.remote
-        if config.model not in self._routers:
+        key = f"{config.model}|{self._group(config)}"
+        if key not in self._routers:
             import torch
 
             from taskrouter import settings
@@ -168,11 +177,11 @@ class RouterPool:
 
             torch.set_num_threads(settings.get().torch_threads)
             source = None if config.model == "embedded" else config.model
-            router = Router(load_model(source, self._adapters_for(config.model),
+            router = Router(load_model(source, self._adapters_for(config.model, self._group(config)),
                                        dtype=settings.get().dtype, merge_lora=settings.get().merge_lora),
                             history_slack=settings.get().history_slack)
-            self._routers[config.model] = router
-        return self._routers[config.model]
+            self._routers[key] = router
+        return self._routers[key]
 
 
 def describe_remote(endpoint: str | None, sagemaker_endpoint: str | None) -> str | None:

@@ -24,12 +24,14 @@ def fresh_settings():
 
 @pytest.fixture(scope="session", autouse=True)
 def _float32_unless_asked():
-    """Tests compare answers to 1e-4, so in-process models load in float32 unless a test asks for another
-    dtype; the CPU's own choice (bfloat16 on AMX / AVX512-BF16) is tested in test_hardware.py."""
+    """Tests compare answers to 1e-4, so models load in float32 unless a test asks for another dtype: in
+    process, and in the servers tests start (gunicorn, the model server), which read TASKROUTER_DTYPE; the
+    CPU's own choice (bfloat16 on AMX / AVX512-BF16) is tested in test_hardware.py."""
     import torch
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("taskrouter.loading.cpu_dtype", lambda: torch.float32)
+        patch.setenv("TASKROUTER_DTYPE", "float32")
         yield
 
 

@@ -250,3 +250,22 @@ def test_every_config_loads_before_any_conversation_is_routed(bench_file, tmp_pa
         run_all([load_bench(str(bench_file), None, 0)], configs, tmp_path / "run", Pool(), progress=False)
     assert first.seen == []
     assert not list((tmp_path / "run").glob("predictions-*"))
+
+
+def test_two_runs_of_one_adapter_name_are_each_evaluated_with_their_own_weights(tiny_dir, tmp_path):
+    """Comparing a retrained adapter with the shipped one: the same name in two folders, each config its own."""
+    from tiny import build_adapter
+
+    configs = []
+    for run in ("old", "new"):
+        folder = build_adapter(tiny_dir, tmp_path / run / "router")
+        manifest = json.loads((folder / "router.json").read_text())
+        (folder / "router.json").write_text(json.dumps({**manifest, "run": run}))
+        configs.append(EvalConfig(name=run, model=str(tiny_dir), adapter="router", adapters_dir=str(folder.parent),
+                                  strategy="adapter"))
+    pool = RouterPool(configs)
+    assert [pool.get(c).loaded.adapters["router"]["run"] for c in configs] == ["old", "new"]
+    shared = [EvalConfig(name=n, model=str(tiny_dir), adapter="router", adapters_dir=str(tmp_path / "old"))
+              for n in ("a", "b")]
+    pool = RouterPool(shared)
+    assert pool.get(shared[0]) is pool.get(shared[1])  # one folder: one router, loaded once

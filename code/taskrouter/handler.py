@@ -120,6 +120,7 @@ def predict_fn(data: RouteRequest | RequestError, model: Router, context=None) -
 
 
 def output_fn(prediction: RouteAnswer | RequestError, accept: str = JSON, context=None) -> str:
+    """The JSON body: the answer, or the error's `{"error": ...}`; a client that accepts no JSON gets 406."""
     accept = (accept or JSON).split(";")[0].strip().lower()
     if not isinstance(prediction, RequestError) and accept not in (JSON, "*/*"):
         prediction = _failed(RequestError("not_acceptable", f"Accept {accept!r}: only {JSON} can be produced", 406),
