@@ -131,8 +131,8 @@ def load_base(source: str | None, dtype: str = "auto", quantize: str = "auto", g
     config = Path(path) / "config.json"
     if config.exists() and "quantization_config" in json.loads(config.read_text()):
         quantization = "nf4"  # an NF4 artifact: its weights are 4-bit already, on any device
-    if quantization == "nf4" and dtype == "auto":  # the 4-bit layers compute in bf16: so do the norms (Falcon's
-        kwargs["dtype"] = torch.bfloat16           # LayerNorm refuses bf16 input with float32 weights)
+    if quantization == "nf4":  # the 4-bit layers compute in bf16, whatever `dtype` asks: so do the norms
+        kwargs["dtype"] = torch.bfloat16  # (Falcon's LayerNorm refuses bf16 input with float32 weights)
     with plain_linears() if quantization == "nf4" else contextlib.nullcontext():
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quantization == "none":
