@@ -37,7 +37,7 @@ def scrape(host: str, api_key: str = "") -> dict[str, float]:
 
 
 class Sampler(threading.Thread):
-    """Scrapes `host` every `every_s` seconds until stopped; rows accumulate in `rows`."""
+    """Scrapes `host` every `every_s` seconds and once more when stopped; rows accumulate in `rows`."""
 
     def __init__(self, host: str, every_s: float, api_key: str = ""):
         super().__init__(name="rss-sampler", daemon=True)
@@ -48,12 +48,16 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while True:
-            try:
-                self.rows.append({"seconds": round(time.monotonic() - self._began, 1), **scrape(self.host, self.api_key)})
-            except OSError:
-                pass  # a missed sample (server busy or restarting) is a gap in the series, not an error
+            self._sample()
             if self._stop_event.wait(self.every_s):
+                self._sample()  # the closing reading: the last row is the server as the load ended
                 return
+
+    def _sample(self) -> None:
+        try:
+            self.rows.append({"seconds": round(time.monotonic() - self._began, 1), **scrape(self.host, self.api_key)})
+        except OSError:
+            pass  # a missed sample (server busy or restarting) is a gap in the series, not an error
 
     def stop(self) -> None:
         self._stop_event.set()

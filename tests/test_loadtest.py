@@ -69,6 +69,30 @@ def test_summary_reads_the_aggregated_row(tmp_path):
     assert "4.20 req/s" in line and "p95 300 ms" in line and "failures 1" in line
 
 
+def test_the_sampler_reads_the_server_once_more_when_stopped():
+    """The last memory row is the server as the load ended, not up to --sample-every seconds before."""
+    from taskrouter.serving import memory
+
+    answered = {"n": 0}
+
+    def metrics_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f'taskrouter_requests_total{{route="/invocations",status="200"}} {answered["n"]}\n'.encode()]
+
+    server = make_server("127.0.0.1", 0, metrics_app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sampler = memory.Sampler(f"http://127.0.0.1:{server.port}", every_s=3600)
+        sampler.start()
+        while not sampler.rows:
+            threading.Event().wait(0.01)
+        answered["n"] = 7
+        sampler.stop()
+    finally:
+        server.shutdown()
+    assert [row["requests"] for row in sampler.rows] == [0, 7]
+
+
 def test_a_real_short_run_against_the_tiny_model(tiny_dir, tmp_path, capsys, monkeypatch):
     """Locust runs in its own process (it monkey-patches with gevent): never import the locustfile here."""
     from taskrouter.serving.app import create_app
