@@ -178,7 +178,8 @@ class RouterPool:
             torch.set_num_threads(settings.get().torch_threads)
             source = None if config.model == "embedded" else config.model
             router = Router(load_model(source, self._adapters_for(config.model, self._group(config)),
-                                       dtype=settings.get().dtype, merge_lora=settings.get().merge_lora),
+                                       dtype=settings.get().dtype, merge_lora=settings.get().merge_lora,
+                                       pack_weights=settings.get().pack_weights),
                             history_slack=settings.get().history_slack)
             self._routers[key] = router
         return self._routers[key]

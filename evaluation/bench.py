@@ -326,7 +326,9 @@ def _floors(router, measured: dict[str, list[Measure]]) -> dict:
     lora = loaded.peft is not None and router.default_adapter is not None and loaded.merged is None
     cost = model_cost(loaded.model, lora_active=lora)
     dtype = str(loaded.dtype).removeprefix("torch.")
-    figures = {"cpu": CpuFeatures.detect().describe(), "dtype": dtype, "lora_merged": loaded.merged is not None,
+    kernel = f"{dtype}-packed" if loaded.packed is not None else dtype  # the kernel the model computes with
+    figures = {"cpu": CpuFeatures.detect().describe(), "dtype": dtype, "kernel": kernel,
+               "lora_merged": loaded.merged is not None,
                "mflop_per_token": (cost.linear + cost.lora) / 1e6, "kflop_per_key": cost.attention_per_key / 1e3}
     for kind, values in measured.items():
         tokens = round(statistics.median(m.tokens for m in values))
@@ -340,7 +342,7 @@ def _floors(router, measured: dict[str, list[Measure]]) -> dict:
                          "context": context, "mflop": flops / 1e6, "bare_forward_s": bare,
                          "route_over_bare": p50 / bare,
                          "gflops": {k: (r or 0) / 1e9 for k, r in rates.items()},
-                         "floor_s": floors.get(dtype), "over_floor": p50 / floors[dtype] if dtype in floors else None,
+                         "floor_s": floors.get(kernel), "over_floor": p50 / floors[kernel] if kernel in floors else None,
                          "best_kernel": min(floors, key=floors.get), "best_floor_s": min(floors.values()),
                          "over_best_floor": p50 / min(floors.values())}
     return figures
@@ -411,7 +413,7 @@ def _latency(args: argparse.Namespace) -> None:
 def _report(figures: dict, max_batch: int) -> None:
     ms = 1000
     print(f"taskrouter bench latency — {figures['model']} adapter={figures['adapter']} strategy={figures['strategy']}, "
-          f"{figures['dtype']}{' (LoRA merged)' if figures['lora_merged'] else ''}, {figures['samples']} samples "
+          f"{figures['kernel']}{' (LoRA merged)' if figures['lora_merged'] else ''}, {figures['samples']} samples "
           f"of {figures['data']}, {figures['tasks']} tasks, {figures['threads']} threads, CPU {figures['cpu']}")
     print(f"  {figures['mflop_per_token']:.1f} MFLOP per computed token in the linear layers, "
           f"+ {figures['kflop_per_key']:.1f} kFLOP per key it attends to")

@@ -23,8 +23,10 @@ def test_bench_reports_computed_tokens_and_every_latency_against_its_floor(tiny_
     cold, nxt, listed = figures["cold"], figures["next"], figures["list"]
     assert cold["tokens"] >= cold["context"]  # cold computes its whole prompt (and the trie nodes)
     assert nxt["tokens"] < listed["tokens"] < cold["tokens"]  # the more is cached, the less is computed
+    assert figures["kernel"] == "float32-packed"  # float32 on CPU: oneDNN on packed weights, its floor from that kernel
     for f in (cold, nxt, listed):
         assert f["gflops"]["float32"] > 0 and f["floor_s"] > 0
+        assert f["floor_s"] == pytest.approx(f["mflop"] / 1e3 / f["gflops"]["float32-packed"])
         assert f["over_floor"] == pytest.approx(f["p50_s"] / f["floor_s"])
         assert f["best_floor_s"] <= f["floor_s"] and f["route_over_bare"] > 0
     out = capsys.readouterr().out
@@ -36,10 +38,13 @@ def test_bench_on_real_conversations_against_another_checkout_and_a_missing_peer
     from pathlib import Path
 
     monkeypatch.setenv("TASKROUTER_DTYPE", "float32")
+    monkeypatch.setenv("TASKROUTER_PACK_WEIGHTS", "0")
     checkout = Path(__file__).resolve().parents[1]  # this very checkout, imported a second time under its own name
     figures = _bench(tmp_path, "--model-dir", str(tiny_dir), "--data", "evaluation/benchmarks/sales.jsonl@4",
                      "--against", str(checkout))
     assert figures["data"].endswith("sales.jsonl@4") and figures["samples"] == 2
+    assert figures["kernel"] == "float32" and figures["next"]["floor_s"] == pytest.approx(
+        figures["next"]["mflop"] / 1e3 / figures["next"]["gflops"]["float32"])
     assert figures["next"]["tokens"] < figures["cold"]["tokens"]
     assert figures["against"]["checkout"] == str(checkout)
     assert all(figures["against"][k]["p50_s"] > 0 for k in ("cold", "next", "list"))

@@ -62,7 +62,8 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         base, adapters_root = None, config.adapters_dir or DEFAULT_ADAPTERS_DIR
         base_name = EMBEDDED_NAME
     adapters = adapters_for(base_name, adapters_root, names)
-    loaded = load_model(base, adapters, dtype=config.dtype, gpu=_server_gpu(context), merge_lora=config.merge_lora)
+    loaded = load_model(base, adapters, dtype=config.dtype, gpu=_server_gpu(context), merge_lora=config.merge_lora,
+                        pack_weights=config.pack_weights)
     loaded.name = base_name
     return Router(
         loaded,

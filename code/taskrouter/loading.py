@@ -5,7 +5,8 @@ embedded default, an artifact's `adapters/`), so every entry point routes as the
 On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU
 `dtype="auto"` is bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16) and
 float32 elsewhere (`hardware.cpu_dtype`). A single adapter on an unquantised base is merged
-into the weights (`merged.MergedAdapter`) unless `merge_lora=False`.
+into the weights (`merged.MergedAdapter`) unless `merge_lora=False`, and a float32 model's linear
+layers compute through oneDNN on weights packed once (`packed.PackedLinears`) unless `pack_weights=False`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .artifacts import base_name_of
 from .embedded import EMBEDDED_NAME, ensure_embedded
 from .hardware import cpu_dtype
 from .merged import MergedAdapter
+from .packed import PackedLinears, can_pack
 from .resources import adapters_dir
 
 log = logging.getLogger("taskrouter")
@@ -41,6 +43,7 @@ class LoadedModel:
     adapters: dict[str, dict] = field(default_factory=dict)  # name -> router.json manifest
     peft: object | None = None  # the PeftModel, to switch adapters
     merged: MergedAdapter | None = None  # the adapter folded into the weights, when one serves alone
+    packed: PackedLinears | None = None  # float32 on CPU: the linear layers on oneDNN-packed weights
 
     @property
     def dtype(self) -> torch.dtype:
@@ -161,10 +164,12 @@ def load_model(
     quantize: str = "auto",
     gpu: int | None = None,
     merge_lora: bool = True,
+    pack_weights: bool = True,
 ) -> LoadedModel:
     """Load a base model and its adapters with peft: `adapters` (name -> folder), by default those
     that ship for the base (`shipped_adapters`); `{}` for the bare base. A single adapter on an
-    unquantised base is merged into the weights when `merge_lora`."""
+    unquantised base is merged into the weights when `merge_lora`; a float32 model on CPU computes its
+    linear layers on oneDNN-packed weights when `pack_weights`."""
     adapters = shipped_adapters(source) if adapters is None else adapters
     model, tokenizer, name, device, quantization = load_base(source, dtype, quantize, gpu)
     if not adapters:  # said at start: the bare base routes far worse than its adapter
@@ -183,6 +188,8 @@ def load_model(
         loaded.adapters[adapter_name] = manifest
     if merge_lora and len(loaded.adapters) == 1 and quantization == "none":
         loaded.merged = MergedAdapter(loaded.peft, next(iter(loaded.adapters)))
+    if pack_weights and quantization == "none" and can_pack(loaded.model):
+        loaded.packed = PackedLinears(loaded.model.get_decoder())
     return loaded
 
 

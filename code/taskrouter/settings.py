@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         "auto", description="weights dtype; auto: bfloat16 (+NF4) on CUDA and on CPUs that multiply bf16 natively "
                             "(AMX, AVX512-BF16), float32 on other CPUs")
     merge_lora: bool = Field(True, description="fold a single adapter into the base weights (0: keep it unmerged)")
+    pack_weights: bool = Field(True, description="float32 on CPU: linear layers through oneDNN on weights packed "
+                                                 "once at load (0: torch's default float32 matmul)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; unset: CPU cores / workers")
     cache: Path | None = Field(None, description="where the embedded model's converted copy is kept; unset: "
                                                  "~/.cache/taskrouter")

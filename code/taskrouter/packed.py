@@ -1,0 +1,56 @@
+"""float32 linear layers on CPU through oneDNN, each weight reordered into oneDNN's layout once.
+
+torch's float32 `linear` on x86 calls MKL's sgemm, which re-lays the weight out for its kernel on
+every call. At the router's shapes (tens to a few hundred rows against 640-2048-wide weights) that
+is a large share of the matmul; oneDNN's `_linear_pointwise` on a weight reordered once at load
+skips it (docs/speed.md has the measurement). Hand-written because torch only does this inside
+`torch.compile(freezing=True)`, which the router's dynamic tree-attention batches do not suit.
+
+A weight is packed the first time its layer computes with it, so a layer whose weight is swapped
+(`merged.MergedAdapter` switching between base and merged weights) packs the other tensor once
+and then keeps both; only the tensors actually served cost memory.
+"""
+from __future__ import annotations
+
+import torch
+
+ROWS_HINT = 128  # the row count oneDNN lays the weight out for; the router's passes are 16-256 rows
+
+
+def can_pack(model: torch.nn.Module) -> bool:
+    """Whether `model` is a float32 model on a CPU whose torch has oneDNN."""
+    weight = next(model.parameters())
+    return torch.backends.mkldnn.is_available() and weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` ([out, in]) reordered into oneDNN's layout for `linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`torch.nn.functional.linear` on a weight made by `pack`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+class PackedLinears:
+    """The decoder's linear layers (LoRA's own excepted) computing with packed copies of their weights."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, its copy)
+        self.layers = [module for name, module in decoder.named_modules()
+                       if type(module) is torch.nn.Linear and ".lora_" not in name]
+        for layer in self.layers:
+            layer.forward = self._forward_of(layer)
+
+    def _forward_of(self, layer: torch.nn.Linear):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return linear(x, self.packed(layer.weight), layer.bias)
+        return forward
+
+    def packed(self, weight: torch.Tensor) -> torch.Tensor:
+        """The oneDNN copy of `weight`, made on first use (the entry holds `weight`, so its id stays its own)."""
+        entry = self._packed.get(id(weight))
+        if entry is None:
+            entry = self._packed[id(weight)] = (weight, pack(weight))
+        return entry[1]

@@ -1,0 +1,45 @@
+"""float32 linear layers on oneDNN-packed weights answer as torch's own matmul, whichever weights a layer holds."""
+import pytest
+import torch
+
+from taskrouter import packed
+from taskrouter.evaluation.floor import matmul_rate
+from taskrouter.loading import load_model
+from taskrouter.router import Router
+from taskrouter.schema import parse_request
+from tiny import build_adapter
+
+
+def _probs(router, payload):
+    return {c.task: c.p for c in router.route(parse_request({**payload, "top_k": 4})).candidates}
+
+
+def test_a_packed_weight_multiplies_as_the_dense_one():
+    weight, bias, x = torch.randn(48, 32), torch.randn(48), torch.randn(3, 7, 32)
+    assert packed.linear(x, packed.pack(weight), bias) == pytest.approx(torch.nn.functional.linear(x, weight, bias),
+                                                                        abs=1e-5)
+
+
+def test_packed_routes_as_unpacked_through_adapter_switches(tiny_dir, tmp_path, request_payload):
+    adapter = {"tiny-router": build_adapter(tiny_dir, tmp_path / "tiny-router")}
+    fast = Router(load_model(str(tiny_dir), adapter))
+    reference = Router(load_model(str(tiny_dir), adapter, pack_weights=False))
+    layers = [m for n, m in fast.loaded.model.get_decoder().named_modules()
+              if type(m) is torch.nn.Linear and ".lora_" not in n]
+    assert fast.loaded.packed is not None and reference.loaded.packed is None
+    assert fast.loaded.packed.layers == layers
+    bare = {**request_payload, "adapter": "none"}
+    for _ in range(2):  # merged weights, base weights, and back: each layer computes with the weight it holds now
+        assert _probs(fast, request_payload) == pytest.approx(_probs(reference, request_payload), abs=1e-5)
+        assert _probs(fast, bare) == pytest.approx(_probs(reference, bare), abs=1e-5)
+    assert _probs(fast, request_payload) != pytest.approx(_probs(fast, bare), abs=1e-4)
+
+
+def test_only_float32_models_are_packed_and_only_when_asked(tiny_dir):
+    assert load_model(str(tiny_dir), {}).packed is not None
+    assert load_model(str(tiny_dir), {}, pack_weights=False).packed is None
+    assert load_model(str(tiny_dir), {}, dtype="bfloat16").packed is None
+
+
+def test_the_floor_measures_the_packed_kernel():
+    assert matmul_rate("float32-packed", ((32, 64), (64, 32)), rows=24, repeats=2) > 0
