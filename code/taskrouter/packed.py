@@ -18,9 +18,11 @@ ROWS_HINT = 128  # the row count oneDNN lays the weight out for; the router's pa
 
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """Whether `model` is a float32 model on a CPU whose torch has oneDNN."""
+    """Whether `model` is a float32 model on a CPU whose torch has oneDNN and its two linear ops."""
     weight = next(model.parameters())
-    return torch.backends.mkldnn.is_available() and weight.device.type == "cpu" and weight.dtype == torch.float32
+    ops = all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
+    return (torch.backends.mkldnn.is_available() and ops and weight.device.type == "cpu"
+            and weight.dtype == torch.float32)
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
