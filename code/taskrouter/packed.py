@@ -2,9 +2,9 @@
 
 torch's float32 `linear` on x86 calls MKL's sgemm, which re-lays the weight out for its kernel on
 every call. At the router's shapes (tens to a few hundred rows against 640-2048-wide weights) that
-is a large share of the matmul; oneDNN's `_linear_pointwise` on a weight reordered once at load
-skips it (docs/speed.md has the measurement). Hand-written because torch only does this inside
-`torch.compile(freezing=True)`, which the router's dynamic tree-attention batches do not suit.
+is a measurable share of the matmul; oneDNN's `_linear_pointwise` on a weight reordered once
+skips it (docs/speed.md has the measurement). Hand-written because torch applies this packing only
+inside `torch.compile` with freezing, and the router runs eagerly.
 
 A weight is packed the first time its layer computes with it, so a layer whose weight is swapped
 (`merged.MergedAdapter` switching between base and merged weights) packs the other tensor once
