@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -38,6 +39,13 @@ def test_a_wheel_installed_elsewhere_finds_its_shipped_files(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=True)
     python = env_dir / "bin" / "python"
+    # the dependencies come from the interpreter running the tests (often a venv itself, whose packages a new
+    # venv's system_site_packages does not see): its site folders as plain .pth paths, so its .pth files
+    # (this checkout's editable install among them) are not run and the wheel's taskrouter is the one found
+    new_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (Path(new_site) / "test-deps.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
