@@ -88,7 +88,7 @@ def matmul_rate(kernel: str, shapes: tuple[tuple[int, int], ...], rows: int, rep
         except (RuntimeError, AttributeError):
             return None
     elif kernel == "float32-packed":
-        if not torch.backends.mkldnn.is_available():
+        if not packed.available():
             return None
         xs = [torch.randn(rows, i, generator=generator) for i, _ in shapes]
         ws = [packed.pack(torch.randn(o, i, generator=generator)) for i, o in shapes]

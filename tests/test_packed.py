@@ -35,10 +35,12 @@ def test_packed_routes_as_unpacked_through_adapter_switches(tiny_dir, tmp_path, 
     assert _probs(fast, request_payload) != pytest.approx(_probs(fast, bare), abs=1e-4)
 
 
-def test_only_float32_models_are_packed_and_only_when_asked(tiny_dir):
+def test_only_float32_models_are_packed_and_only_when_asked(tiny_dir, monkeypatch):
     assert load_model(str(tiny_dir), {}).packed is not None
     assert load_model(str(tiny_dir), {}, pack_weights=False).packed is None
     assert load_model(str(tiny_dir), {}, dtype="bfloat16").packed is None
+    monkeypatch.setattr(packed, "available", lambda: False)  # a torch without oneDNN's linear ops
+    assert load_model(str(tiny_dir), {}).packed is None
 
 
 def test_the_floor_measures_the_packed_kernel():

@@ -17,12 +17,16 @@ import torch
 ROWS_HINT = 128  # the row count oneDNN lays the weight out for; the router's passes are 16-256 rows
 
 
-def can_pack(model: torch.nn.Module) -> bool:
-    """Whether `model` is a float32 model on a CPU whose torch has oneDNN and its two linear ops."""
-    weight = next(model.parameters())
+def available() -> bool:
+    """Whether this torch has oneDNN and its two linear ops (older builds keep torch's own matmul)."""
     ops = all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise"))
-    return (torch.backends.mkldnn.is_available() and ops and weight.device.type == "cpu"
-            and weight.dtype == torch.float32)
+    return torch.backends.mkldnn.is_available() and ops
+
+
+def can_pack(model: torch.nn.Module) -> bool:
+    """Whether `model` is a float32 model on CPU and this torch can pack its weights."""
+    weight = next(model.parameters())
+    return available() and weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
