@@ -188,7 +188,7 @@ def load_model(
         loaded.adapters[adapter_name] = manifest
     if merge_lora and len(loaded.adapters) == 1 and quantization == "none":
         loaded.merged = MergedAdapter(loaded.peft, next(iter(loaded.adapters)))
-    if pack_weights and quantization == "none" and can_pack(loaded.model):
+    if pack_weights and quantization == "none" and can_pack(loaded.dtype, loaded.device):
         loaded.packed = PackedLinears(loaded.model.get_decoder())
     return loaded
 

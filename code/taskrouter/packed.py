@@ -23,10 +23,9 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and ops
 
 
-def can_pack(model: torch.nn.Module) -> bool:
-    """Whether `model` is a float32 model on CPU and this torch can pack its weights."""
-    weight = next(model.parameters())
-    return available() and weight.device.type == "cpu" and weight.dtype == torch.float32
+def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a model in `dtype` on `device` is float32 on CPU and this torch can pack its weights."""
+    return dtype == torch.float32 and device.type == "cpu" and available()
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
