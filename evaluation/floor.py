@@ -14,7 +14,7 @@ import torch
 
 from taskrouter import packed
 
-KERNELS = ("float32", "float32-packed", "bfloat16", "int8")  # float32-packed: oneDNN, taskrouter/packed.py
+KERNELS = ("float32", "float32-packed", "bfloat16", "bfloat16-packed", "int8")  # -packed: oneDNN, taskrouter/packed.py
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,12 @@ def matmul_rate(kernel: str, shapes: tuple[tuple[int, int], ...], rows: int, rep
             run()
         except (RuntimeError, AttributeError):
             return None
-    elif kernel == "float32-packed":
-        if not packed.available():
+    elif kernel.endswith("-packed"):
+        dtype = getattr(torch, kernel.removesuffix("-packed"))
+        if not packed.can_pack(dtype, torch.device("cpu")):
             return None
-        xs = [torch.randn(rows, i, generator=generator) for i, _ in shapes]
-        ws = [packed.pack(torch.randn(o, i, generator=generator)) for i, o in shapes]
+        xs = [torch.randn(rows, i, generator=generator).to(dtype) for i, _ in shapes]
+        ws = [packed.pack(torch.randn(o, i, generator=generator).to(dtype)) for i, o in shapes]
 
         def run():
             for x, w in zip(xs, ws):

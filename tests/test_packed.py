@@ -1,13 +1,17 @@
-"""float32 linear layers on oneDNN-packed weights answer as torch's own matmul, whichever weights a layer holds."""
+"""Linear layers on oneDNN-packed weights answer as torch's own matmul, whichever weights a layer holds."""
 import pytest
 import torch
 
 from taskrouter import packed
+from taskrouter.hardware import CpuFeatures
 from taskrouter.evaluation.floor import matmul_rate
 from taskrouter.loading import load_model
 from taskrouter.router import Router
 from taskrouter.schema import parse_request
 from tiny import build_adapter
+
+NATIVE_BF16_ONLY = pytest.mark.skipif(not CpuFeatures.detect().native_bf16,
+                                      reason="bfloat16 is packed only where the CPU multiplies it natively")
 
 
 def _probs(router, payload):
@@ -20,10 +24,11 @@ def test_a_packed_weight_multiplies_as_the_dense_one():
                                                                         abs=1e-5)
 
 
-def test_packed_routes_as_unpacked_through_adapter_switches(tiny_dir, tmp_path, request_payload):
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=NATIVE_BF16_ONLY)])
+def test_packed_routes_as_unpacked_through_adapter_switches(tiny_dir, tmp_path, request_payload, dtype):
     adapter = {"tiny-router": build_adapter(tiny_dir, tmp_path / "tiny-router")}
-    fast = Router(load_model(str(tiny_dir), adapter))
-    reference = Router(load_model(str(tiny_dir), adapter, pack_weights=False))
+    fast = Router(load_model(str(tiny_dir), adapter, dtype=dtype))
+    reference = Router(load_model(str(tiny_dir), adapter, dtype=dtype, pack_weights=False))
     layers = [m for n, m in fast.loaded.model.get_decoder().named_modules()
               if type(m) is torch.nn.Linear and ".lora_" not in n]
     assert fast.loaded.packed is not None and reference.loaded.packed is None
@@ -35,13 +40,26 @@ def test_packed_routes_as_unpacked_through_adapter_switches(tiny_dir, tmp_path, 
     assert _probs(fast, request_payload) != pytest.approx(_probs(fast, bare), abs=1e-4)
 
 
-def test_only_float32_models_are_packed_and_only_when_asked(tiny_dir, monkeypatch):
-    assert load_model(str(tiny_dir), {}).packed is not None
-    assert load_model(str(tiny_dir), {}, pack_weights=False).packed is None
-    assert load_model(str(tiny_dir), {}, dtype="bfloat16").packed is None
+@NATIVE_BF16_ONLY
+def test_a_packed_bfloat16_weight_multiplies_as_the_dense_one():
+    weight, x = torch.randn(48, 32).bfloat16(), torch.randn(3, 7, 32).bfloat16()
+    assert packed.linear(x, packed.pack(weight)).float() == pytest.approx(
+        torch.nn.functional.linear(x, weight).float(), rel=1e-2, abs=1e-2)
+
+
+def test_native_dtypes_are_packed_and_only_when_asked(tiny_dir, monkeypatch):
+    assert load_model(str(tiny_dir), {}, dtype="float32").packed is not None
+    assert load_model(str(tiny_dir), {}, dtype="float32", pack_weights=False).packed is None
+    assert load_model(str(tiny_dir), {}, dtype="float16").packed is None
+    for native in (True, False):  # bfloat16 only where the CPU has AMX or AVX512-BF16
+        features = CpuFeatures("AVX512" if native else "AVX2", amx=native, avx512_bf16=native, vnni=native)
+        monkeypatch.setattr(CpuFeatures, "detect", classmethod(lambda cls, f=features: f))
+        assert (load_model(str(tiny_dir), {}, dtype="bfloat16").packed is not None) is native
     monkeypatch.setattr(packed, "available", lambda: False)  # a torch without oneDNN's linear ops
-    assert load_model(str(tiny_dir), {}).packed is None
+    assert load_model(str(tiny_dir), {}, dtype="float32").packed is None
 
 
-def test_the_floor_measures_the_packed_kernel():
+def test_the_floor_measures_the_packed_kernels():
     assert matmul_rate("float32-packed", ((32, 64), (64, 32)), rows=24, repeats=2) > 0
+    rate = matmul_rate("bfloat16-packed", ((32, 64), (64, 32)), rows=24, repeats=2)
+    assert (rate is not None and rate > 0) if CpuFeatures.detect().native_bf16 else rate is None

@@ -1,9 +1,9 @@
-"""float32 linear layers on CPU through oneDNN, each weight reordered into oneDNN's layout once.
+"""Linear layers on CPU through oneDNN, each weight reordered into oneDNN's layout once.
 
-torch's float32 `linear` on x86 calls MKL's sgemm, which re-lays the weight out for its kernel on
-every call. At the router's shapes (tens to a few hundred rows against 640-2048-wide weights) that
-is a measurable share of the matmul; oneDNN's `_linear_pointwise` on a weight reordered once
-skips it (docs/speed.md has the measurement). Hand-written because torch applies this packing only
+torch's eager `linear` re-lays the weight out for its kernel on every call: MKL's sgemm in
+float32, oneDNN's AMX / AVX512-BF16 kernels in bfloat16. At the router's shapes (tens to a few
+hundred rows against 640-2048-wide weights) that is a measurable share of the matmul; oneDNN's
+`_linear_pointwise` on a weight reordered once skips it (docs/speed.md has the measurement). Hand-written because torch applies this packing only
 inside `torch.compile` with freezing, and the router runs eagerly.
 
 A weight is packed the first time its layer computes with it, so a layer whose weight is swapped
@@ -13,6 +13,8 @@ and then keeps both; only the tensors actually served cost memory.
 from __future__ import annotations
 
 import torch
+
+from .hardware import CpuFeatures
 
 ROWS_HINT = 128  # the row count oneDNN lays the weight out for; the router's passes are 16-256 rows
 
@@ -24,8 +26,10 @@ def available() -> bool:
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether a model in `dtype` on `device` is float32 on CPU and this torch can pack its weights."""
-    return dtype == torch.float32 and device.type == "cpu" and available()
+    """Whether a model in `dtype` on `device` runs on CPU in float32, or in bfloat16 where the CPU multiplies
+    it natively (elsewhere oneDNN would emulate it), and this torch can pack its weights."""
+    native = dtype == torch.float32 or (dtype == torch.bfloat16 and CpuFeatures.detect().native_bf16)
+    return native and device.type == "cpu" and available()
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,8 @@ class Settings(BaseSettings):
         "auto", description="weights dtype; auto: bfloat16 (+NF4) on CUDA and on CPUs that multiply bf16 natively "
                             "(AMX, AVX512-BF16), float32 on other CPUs")
     merge_lora: bool = Field(True, description="fold a single adapter into the base weights (0: keep it unmerged)")
-    pack_weights: bool = Field(True, description="float32 on CPU: linear layers through oneDNN on weights packed "
-                                                 "once at load (0: torch's default float32 matmul)")
+    pack_weights: bool = Field(True, description="float32, or bfloat16 where native, on CPU: linear layers through "
+                                                 "oneDNN on weights packed once (0: torch's default matmul)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; unset: CPU cores / workers")
     cache: Path | None = Field(None, description="where the embedded model's converted copy is kept; unset: "
                                                  "~/.cache/taskrouter")
@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     history_slack: int = Field(0, ge=0, description="tokens an adapter's history window may grow past its "
                                                     "history_tokens before it moves, so next turns reuse the "
                                                     "cached conversation (0: the training window)")
+    malloc_trim_s: float = Field(5.0, ge=0, description="seconds between the calls that hand glibc's free heap "
+                                                        "pages back to the OS (taskrouter/heap.py; 0: never)")
     # request limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body, chunked or not "
                                                                   "(413 above)")
