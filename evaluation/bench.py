@@ -79,7 +79,8 @@ def _outlines_baseline(router, requests) -> dict:
         text = router.loaded.tokenizer.decode(router.prompt_ids(req), skip_special_tokens=True)  # what the router reads
         choice = Literal[tuple(req.task_names + ["none"])]
         start = time.perf_counter()
-        with torch.inference_mode(), router.loaded.use_adapter(router.default_adapter):
+        router.loaded.use_adapter(router.default_adapter)
+        with torch.inference_mode():
             model(text, choice, max_new_tokens=24)
         times.append(time.perf_counter() - start)
     return {"outlines_first_call_s": times[0], "outlines_steady_p50_s": statistics.median(times[1:] or times)}
@@ -268,7 +269,8 @@ def _measure(router, request, warm: list) -> Measure:
     tokens = router.engine.stats.tokens - tokens
     new = [t for segment in segments[covered:] for t in segment]
     decoder = router.loaded.model.get_decoder()
-    with router.loaded.use_adapter(router.default_adapter), torch.inference_mode():
+    router.loaded.use_adapter(router.default_adapter)
+    with torch.inference_mode():
         past = join_spans([(stored, 0, stored.get_seq_length())]) if stored is not None else DynamicCache()
         start = time.perf_counter()
         decoder(input_ids=torch.tensor([new], device=router.loaded.device), use_cache=True,

@@ -5,8 +5,8 @@ embedded default, an artifact's `adapters/`), so every entry point routes as the
 On CUDA the base is loaded in 4-bit NF4 with bitsandbytes (the QLoRA setting); on CPU
 `dtype="auto"` is bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16) and
 float32 elsewhere (`hardware.cpu_dtype`). A single adapter on an unquantised base is merged
-into the weights (`merged.MergedAdapter`) unless `merge_lora=False`, and a float32 model's linear
-layers compute through oneDNN on weights packed once (`packed.PackedLinears`) unless `pack_weights=False`.
+into the weights (`merged.MergedAdapter`) unless `merge_lora=False`, and on CPU the linear layers
+compute through oneDNN on weights packed once (`packed.PackedLinears`) unless `pack_weights=False`.
 """
 from __future__ import annotations
 
@@ -42,24 +42,34 @@ class LoadedModel:
     quantization: str
     adapters: dict[str, dict] = field(default_factory=dict)  # name -> router.json manifest
     peft: object | None = None  # the PeftModel, to switch adapters
+    lora: str | None = None  # the adapter whose LoRA layers are on (peft's state, kept by use_adapter)
     merged: MergedAdapter | None = None  # the adapter folded into the weights, when one serves alone
-    packed: PackedLinears | None = None  # float32 on CPU: the linear layers on oneDNN-packed weights
+    packed: PackedLinears | None = None  # on CPU: the linear layers on oneDNN-packed weights (packed.can_pack)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def use_adapter(self, name: str | None):
-        """Context manager that makes `name` (or no adapter) active for the next forward passes."""
+    def use_adapter(self, name: str | None) -> None:
+        """Make `name` (or no adapter) the one the next forward passes compute with, until the next call.
+
+        A call that changes nothing does nothing: peft's own switches (and its `disable_adapter` context)
+        walk every module of the model, which cost more per request than the LoRA arithmetic they skip."""
         if self.peft is None:
-            return contextlib.nullcontext()
+            return
         folded = self.merged is not None and name == self.merged.adapter
         if self.merged is not None:
             self.merged.activate(folded)
-        if name is None or folded:  # the LoRA path off: base weights, or the merged ones
-            return self.peft.disable_adapter()
-        self.peft.set_adapter(name)
-        return contextlib.nullcontext()
+        lora = None if folded else name  # the adapter whose unmerged LoRA path computes; None: that path off
+        if lora == self.lora:
+            return
+        if lora is None:
+            self.peft.base_model.disable_adapter_layers()
+        else:
+            if self.lora is None:
+                self.peft.base_model.enable_adapter_layers()
+            self.peft.set_adapter(lora)
+        self.lora = lora
 
 
 def read_manifest(adapter_dir: Path) -> dict:
@@ -168,8 +178,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a base model and its adapters with peft: `adapters` (name -> folder), by default those
     that ship for the base (`shipped_adapters`); `{}` for the bare base. A single adapter on an
-    unquantised base is merged into the weights when `merge_lora`; a float32 model on CPU computes its
-    linear layers on oneDNN-packed weights when `pack_weights`."""
+    unquantised base is merged into the weights when `merge_lora`; on CPU the linear layers compute on
+    oneDNN-packed weights when `pack_weights` and `packed.can_pack` allows the dtype."""
     adapters = shipped_adapters(source) if adapters is None else adapters
     model, tokenizer, name, device, quantization = load_base(source, dtype, quantize, gpu)
     if not adapters:  # said at start: the bare base routes far worse than its adapter
@@ -186,6 +196,7 @@ def load_model(
             loaded.peft.load_adapter(str(adapter_dir), adapter_name=adapter_name)
         loaded.peft.eval()
         loaded.adapters[adapter_name] = manifest
+        loaded.lora = loaded.peft.active_adapter  # peft turns the first adapter loaded on
     if merge_lora and len(loaded.adapters) == 1 and quantization == "none":
         loaded.merged = MergedAdapter(loaded.peft, next(iter(loaded.adapters)))
     if pack_weights and quantization == "none" and can_pack(loaded.dtype, loaded.device):

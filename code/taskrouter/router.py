@@ -149,7 +149,8 @@ class Router:
         for i, job in enumerate(jobs):
             by_adapter.setdefault(job.adapter, []).append(i)
         for adapter, indices in by_adapter.items():
-            with self.loaded.use_adapter(adapter), torch.inference_mode():
+            self.loaded.use_adapter(adapter)
+            with torch.inference_mode():
                 namespace = self._namespace(adapter)
                 try:
                     done = list(zip(indices, self._run([jobs[i] for i in indices], namespace)))
