@@ -9,7 +9,30 @@ trie's branching nodes would need further evaluations.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+from taskrouter.hardware import CpuFeatures
+
+
+@contextmanager
+def _plain_cpu_buffers(bindings):
+    """Models loaded meanwhile keep their weights in llama.cpp's plain CPU buffers, not repacked for AMX.
+
+    On AMX machines its repacked Q4_K weights segfault at the first evaluation (seen here with the
+    embedded Q4_K_M; ggml-org/llama.cpp#20824), and llama-cpp-python has no argument for
+    `use_extra_bufts`, so the default model parameters of its ctypes `bindings` are wrapped meanwhile."""
+    defaults = bindings.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+    bindings.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults
 
 
 class LlamaCppPeer:
@@ -24,6 +47,7 @@ class LlamaCppPeer:
         llama-cpp-python."""
         try:
             from llama_cpp import Llama
+            from llama_cpp import llama_cpp as bindings
         except ImportError:
             raise SystemExit("error: --compare llama.cpp needs llama-cpp-python: pip install 'taskrouter[llamacpp]'") \
                 from None
@@ -34,8 +58,9 @@ class LlamaCppPeer:
         for flag, path in (("--llama-model", model_path), ("--llama-lora", lora_path)):
             if path is not None and not Path(path).is_file():
                 raise SystemExit(f"error: {flag} {path}: no such file")
-        llama = Llama(model_path=model_path, lora_path=lora_path, n_ctx=2048, n_batch=512, n_threads=threads,
-                      n_threads_batch=threads, logits_all=False, verbose=False)
+        with _plain_cpu_buffers(bindings) if CpuFeatures.detect().amx else nullcontext():
+            llama = Llama(model_path=model_path, lora_path=lora_path, n_ctx=2048, n_batch=512, n_threads=threads,
+                          n_threads_batch=threads, logits_all=False, verbose=False)
         return cls(llama, model_path, lora_path)
 
     def describe(self) -> str:

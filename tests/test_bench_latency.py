@@ -74,3 +74,16 @@ def test_bench_agree_counts_changed_answers_and_both_accuracies(tmp_path, capsys
     assert "2 changed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no predictions file"):
         main(["bench", "agree", "--runs", str(tmp_path / "ref"), str(tmp_path)])
+
+
+def test_llama_cpp_loads_without_amx_repacking_and_then_restores_its_defaults():
+    from types import SimpleNamespace
+
+    from taskrouter.evaluation.llamacpp import _plain_cpu_buffers
+
+    bindings = SimpleNamespace(llama_model_default_params=lambda: SimpleNamespace(use_extra_bufts=True))
+    defaults = bindings.llama_model_default_params
+    with _plain_cpu_buffers(bindings):
+        assert bindings.llama_model_default_params().use_extra_bufts is False  # what Llama() reads while it loads
+    assert bindings.llama_model_default_params is defaults
+    assert bindings.llama_model_default_params().use_extra_bufts is True
