@@ -20,6 +20,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from taskrouter.heap import MALLOC
+
 from .archive import MANIFEST_NAME, sha256_file
 
 VERIFIED = "verified.json"  # written beside the archive by `package verify`: its sha256 and the answers it got
@@ -252,8 +254,8 @@ def container_env(manifest: dict, region: str, extra: dict[str, str]) -> dict[st
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": region,
         "HF_HUB_OFFLINE": "1",  # everything is in the artifact: the container never calls the hub
-        # glibc's per-thread arenas and rising mmap threshold otherwise grow RSS far past the model (docs/serving.md)
-        "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+        # glibc's malloc as `serve` sets it, so the RSS stays flat (taskrouter/heap.py)
+        **{name: str(value) for name, (_, value) in MALLOC.items()},
     }
     adapter = default_adapter(manifest)
     if adapter:

@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import sys
 from pathlib import Path
 
 from taskrouter import settings
 from taskrouter.artifacts import unpack_artifact
+from taskrouter.heap import MALLOC, libc
 
-# glibc gives each thread that allocates its own malloc arena (up to 8 per core), and its mmap threshold
-# rises as large blocks are freed, so tensor buffers of ever-new shapes end up fragmenting the heap; the
-# server's RSS then grows far past the model and the prefix cache. Two arenas and a fixed 128 KiB
-# threshold (large buffers mapped and unmapped whole) keep it flat. (mallopt parameter, value)
-MALLOC = {"MALLOC_ARENA_MAX": (-8, 2), "MALLOC_MMAP_THRESHOLD_": (-3, 128 * 1024)}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -45,10 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tune_malloc() -> None:
-    """glibc's malloc set as MALLOC says, for this process (when glibc is there) and for the gunicorn it
-    execs; a variable the user set wins."""
-    libc = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    """glibc's malloc set as `heap.MALLOC` says, for this process (when glibc is there) and for the gunicorn
+    it execs; a variable the user set wins."""
+    mallopt = getattr(libc(), "mallopt", None)
     for name, (parameter, value) in MALLOC.items():
         os.environ.setdefault(name, str(value))
         if mallopt is not None:

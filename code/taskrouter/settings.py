@@ -58,8 +58,6 @@ class Settings(BaseSettings):
     history_slack: int = Field(0, ge=0, description="tokens an adapter's history window may grow past its "
                                                     "history_tokens before it moves, so next turns reuse the "
                                                     "cached conversation (0: the training window)")
-    malloc_trim_s: float = Field(5.0, ge=0, description="seconds between the calls that hand glibc's free heap "
-                                                        "pages back to the OS (taskrouter/heap.py; 0: never)")
     # request limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body, chunked or not "
                                                                   "(413 above)")
