@@ -21,7 +21,7 @@ def _plain_cpu_buffers(bindings):
 
     On AMX machines its repacked Q4_K weights segfault at the first evaluation (seen here with the
     embedded Q4_K_M; ggml-org/llama.cpp#20824), and llama-cpp-python has no argument for
-    `use_extra_bufts`, so the default model parameters of its ctypes `bindings` are wrapped meanwhile."""
+    `use_extra_bufts`, so the default model parameters of its ctypes `bindings` are wrapped for the load."""
     defaults = bindings.llama_model_default_params
 
     def without_repacking():

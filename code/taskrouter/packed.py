@@ -3,8 +3,9 @@
 torch's eager `linear` re-lays the weight out for its kernel on every call: MKL's sgemm in
 float32, oneDNN's AMX / AVX512-BF16 kernels in bfloat16. At the router's shapes (tens to a few
 hundred rows against 640-2048-wide weights) that is a measurable share of the matmul; oneDNN's
-`_linear_pointwise` on a weight reordered once skips it (docs/speed.md has the measurement). Hand-written because torch applies this packing only
-inside `torch.compile` with freezing, and the router runs eagerly.
+`_linear_pointwise` on a weight reordered once skips it (docs/speed.md has the measurement).
+Hand-written because torch applies this packing only inside `torch.compile` with freezing, and
+the router runs eagerly.
 
 A weight is packed the first time its layer computes with it, so a layer whose weight is swapped
 (`merged.MergedAdapter` switching between base and merged weights) packs the other tensor once
