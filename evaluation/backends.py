@@ -180,7 +180,7 @@ class RouterPool:
             router = Router(load_model(source, self._adapters_for(config.model, self._group(config)),
                                        dtype=settings.get().dtype, merge_lora=settings.get().merge_lora,
                                        pack_weights=settings.get().pack_weights),
-                            history_slack=settings.get().history_slack)
+                            history_slack=settings.get().history_slack, pad_rows=settings.get().pad_rows)
             self._routers[key] = router
         return self._routers[key]
 

@@ -9,8 +9,9 @@ ancestors (tree attention), so every item computes exactly what it would alone
 and the constrained choice needs no second pass. Then it stores each item's
 prefix checkpoints (after the task list, after the last message) in the prefix
 cache. Everything that shapes the computation is given to the constructor: the
-model (in the dtype it was loaded in), the prefix cache, and the attention
-(`"blocks"`: one sdpa call per item; `"dense"`: one masked call for the batch).
+model (in the dtype it was loaded in), the prefix cache, the attention
+(`"blocks"`: one sdpa call per item; `"dense"`: one masked call for the batch) and
+whether each pass is padded to one of a few row counts (`rows.padded`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from .kvcache import PrefixCache, join_spans, prefix_keys
+from .rows import padded
 from .scorer import NameTrie, name_distribution, softcap
 from .treeattention import Layout, enable_block_attention, supports_block_attention, tree_inputs
 
@@ -50,6 +52,7 @@ def pick_attention(model) -> str:
 class EngineStats:
     forwards: int = 0  # decoder passes run
     tokens: int = 0  # tokens they computed (new prompt tokens, trie nodes, decoded tokens)
+    padding: int = 0  # rows they computed beyond those (`rows.padded`)
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,14 @@ class Outcome:
 class Engine:
     """Runs batches of items on one model; not thread-safe (the router's batcher runs one batch at a time)."""
 
-    def __init__(self, model, cache: PrefixCache, attention: str):
+    def __init__(self, model, cache: PrefixCache, attention: str, pad_rows: bool = True):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: {attention!r} is not one of {', '.join(ATTENTIONS)}")
         if attention == "blocks":
             if not supports_block_attention(model):
                 raise ValueError(f"attention: {type(model).__name__} does not take block attention; use dense")
             enable_block_attention(model)
-        self.model, self.cache, self.attention = model, cache, attention
+        self.model, self.cache, self.attention, self.pad_rows = model, cache, attention, pad_rows
         self.decoder = model.get_decoder()
         self.device = model.device
         self.stats = EngineStats()
@@ -148,13 +151,22 @@ class Engine:
 
     def _forward(self, past: DynamicCache, lengths: list[int], parents: list[int], cached: int,
                  ids: list[int]) -> torch.Tensor:
-        """Final hidden states of `ids` (segments `cached:`), extending `past` (segments `:cached`)."""
+        """Final hidden states of `ids` (segments `cached:`), extending `past` (segments `:cached`).
+
+        With `pad_rows`, the pass runs over `rows.padded(len(ids))` tokens: the extra ones continue the last
+        segment, so no real token sees them, and they leave `past` before it returns."""
+        pad = padded(len(ids)) - len(ids) if self.pad_rows and ids else 0
+        if pad:
+            lengths, parents, ids = lengths + [pad], parents + [len(lengths) - 1], ids + [ids[-1]] * pad
         inputs = tree_inputs(self.model, lengths, parents, cached, blocks=self.attention == "blocks")
         tensor = torch.tensor([ids], device=self.device)
         out = self.decoder(input_ids=tensor, use_cache=True, **cache_kwargs(self.decoder, past), **inputs)
+        if pad:
+            past.crop(-pad)
         self.stats.forwards += 1
-        self.stats.tokens += len(ids)
-        return out.last_hidden_state[0]
+        self.stats.tokens += len(ids) - pad
+        self.stats.padding += pad
+        return out.last_hidden_state[0, : len(ids) - pad]
 
     def _probs(self, trie: NameTrie | None, at_lead: torch.Tensor, hidden: torch.Tensor, slots: dict[int, int],
                node_offset: int, first_node: int) -> torch.Tensor | None:

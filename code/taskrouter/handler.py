@@ -74,6 +74,7 @@ def model_fn(model_dir: str | None, context=None) -> Router:
         max_batch=config.batch_max if context is None else 1,
         batch_window_ms=config.batch_window_ms,
         history_slack=config.history_slack,
+        pad_rows=config.pad_rows,
     )
 
 

@@ -66,10 +66,11 @@ class Router:
 
     def __init__(self, loaded: LoadedModel, cache_bytes: int = 512 * 2**20, max_prompt_tokens: int = 1024,
                  default_adapter: str | None = None, max_batch: int = DEFAULT_BATCH, batch_window_ms: float = 2.0,
-                 attention: str | None = None, history_slack: int = 0):
+                 attention: str | None = None, history_slack: int = 0, pad_rows: bool = True):
         self.loaded = loaded
         self.history_slack = history_slack  # an adapter's history window moves in chunks this much longer
-        self.engine = Engine(loaded.model, PrefixCache(cache_bytes), attention or pick_attention(loaded.model))
+        self.engine = Engine(loaded.model, PrefixCache(cache_bytes), attention or pick_attention(loaded.model),
+                             pad_rows)
         self.max_prompt_tokens = max_prompt_tokens
         self.default_adapter = default_adapter if default_adapter in loaded.adapters else next(iter(loaded.adapters), None)
         self.batcher = MicroBatcher(self._route_batch, max_batch, batch_window_ms / 1000)

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     merge_lora: bool = Field(True, description="fold a single adapter into the base weights (0: keep it unmerged)")
     pack_weights: bool = Field(True, description="float32, or bfloat16 where native, on CPU: linear layers through "
                                                  "oneDNN on weights packed once (0: torch's default matmul)")
+    pad_rows: bool = Field(True, description="pad each forward pass to one of a few row counts, so a long-running "
+                                             "server compiles a bounded set of oneDNN kernels (0: exact rows)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; unset: CPU cores / workers")
     cache: Path | None = Field(None, description="where the embedded model's converted copy is kept; unset: "
                                                  "~/.cache/taskrouter")
