@@ -19,7 +19,9 @@ from 8 threads (and, with block attention, once more with dense masked attention
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against", metavar="CHECKOUT",
                         help="latency: also route every request, alternating, with the router of another "
                              "checkout of this project (e.g. a git worktree of an older commit), in this process")
+    parser.add_argument("--against-env", action="append", default=[], metavar="TASKROUTER_NAME=VALUE",
+                        help="latency: settings the --against router loads with (repeatable); without --against, "
+                             "it is this checkout's router, so one run compares two settings (docs/settings.md)")
     parser.add_argument("--llama-model", metavar="GGUF",
                         help="--compare llama.cpp: the model file (default: the embedded Q4_K_M GGUF)")
     parser.add_argument("--llama-lora", metavar="GGUF",
@@ -243,6 +248,7 @@ class Measure:
     seconds: float  # Router.route
     bare_seconds: float  # the decoder alone over the same new tokens on the same cached prefix
     tokens: int  # tokens the route computed (new prompt tokens and trie nodes)
+    padding: int  # rows it computed beyond those (`rows.padded`)
     context: int  # tokens of its prompt
 
 
@@ -262,11 +268,12 @@ def _measure(router, request, warm: list) -> Measure:
     _reset(router, warm)
     namespace, segments = router.prompt_segments(request)
     covered, stored = router.cache.longest(prefix_keys(namespace, segments[:-1]))
-    tokens = router.engine.stats.tokens
+    stats = router.engine.stats
+    tokens, padding = stats.tokens, stats.padding
     start = time.perf_counter()
     router.route(request)
     seconds = time.perf_counter() - start
-    tokens = router.engine.stats.tokens - tokens
+    tokens, padding = stats.tokens - tokens, stats.padding - padding
     new = [t for segment in segments[covered:] for t in segment]
     decoder = router.loaded.model.get_decoder()
     router.loaded.use_adapter(router.default_adapter)
@@ -276,7 +283,53 @@ def _measure(router, request, warm: list) -> Measure:
         decoder(input_ids=torch.tensor([new], device=router.loaded.device), use_cache=True,
                 **cache_kwargs(decoder, past))
         bare = time.perf_counter() - start
-    return Measure(seconds, bare, tokens, sum(map(len, segments)))
+    return Measure(seconds, bare, tokens, padding, sum(map(len, segments)))
+
+
+def _against(args: argparse.Namespace) -> tuple[object | None, str | None]:
+    """The router to compare with (None without --against / --against-env) and how the report names it: another
+    checkout's, or this one's, loaded while the --against-env variables are set."""
+    if not (args.against or args.against_env):
+        return None, None
+    variables = dict(_variable(v) for v in args.against_env)
+    with _environment(variables):
+        if args.against:
+            router = _other_router(args.against, args.model_dir)
+        else:
+            from taskrouter import handler
+
+            router = handler.model_fn(args.model_dir)
+    name = args.against or "this checkout"
+    return router, " ".join([name, *(f"{k}={v}" for k, v in variables.items())])
+
+
+def _variable(text: str) -> tuple[str, str]:
+    """`TASKROUTER_NAME=VALUE` of --against-env, checked: a name outside the settings is an error naming it."""
+    from taskrouter.settings import PREFIX, Settings
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith(PREFIX) or name[len(PREFIX):].lower() not in Settings.model_fields:
+        raise SystemExit(f"error: --against-env {text!r}: not TASKROUTER_NAME=VALUE of a setting in docs/settings.md")
+    return name, value
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """These environment variables set, and this checkout's settings re-read, until the block ends."""
+    from taskrouter import settings
+
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    settings.get.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        settings.get.cache_clear()
 
 
 def _other_router(checkout: str, model_dir: str | None):
@@ -335,13 +388,14 @@ def _floors(router, measured: dict[str, list[Measure]]) -> dict:
     for kind, values in measured.items():
         tokens = round(statistics.median(m.tokens for m in values))
         context = round(statistics.median(m.context for m in values))
+        padding = round(statistics.median(m.padding for m in values))
         flops = cost.flops(tokens, context)
         rates = {k: matmul_rate(k, cost.shapes, tokens) for k in KERNELS}
         floors = {k: flops / r for k, r in rates.items() if r}
         p50 = statistics.median(m.seconds for m in values)
         bare = statistics.median(m.bare_seconds for m in values)
         figures[kind] = {"p50_s": p50, "p95_s": _percentiles([m.seconds for m in values])[1], "tokens": tokens,
-                         "context": context, "mflop": flops / 1e6, "bare_forward_s": bare,
+                         "padding": padding, "context": context, "mflop": flops / 1e6, "bare_forward_s": bare,
                          "route_over_bare": p50 / bare,
                          "gflops": {k: (r or 0) / 1e9 for k, r in rates.items()},
                          "floor_s": floors.get(kernel), "over_floor": p50 / floors[kernel] if kernel in floors else None,
@@ -371,7 +425,7 @@ def _latency(args: argparse.Namespace) -> None:
         from .llamacpp import LlamaCppPeer
 
         peer = LlamaCppPeer.open(args.llama_model, args.llama_lora, torch.get_num_threads())
-    other = _other_router(args.against, args.model_dir) if args.against else None
+    other, other_name = _against(args)
     for r in (router, other):
         if r is not None:
             r.route(samples[0].request)  # warm-up: allocator, kernels
@@ -401,7 +455,7 @@ def _latency(args: argparse.Namespace) -> None:
             kind: {"p50_s": statistics.median(v), "router_speedup": statistics.median(v) / figures[kind]["p50_s"]}
             for kind, v in peer_seconds.items()}}
     if other is not None:
-        figures["against"] = {"checkout": args.against, **{
+        figures["against"] = {"checkout": other_name, **{
             kind: {"p50_s": statistics.median(v), "speedup": statistics.median(v) / figures[kind]["p50_s"]}
             for kind, v in other_seconds.items()}}
     figures.update(_batching(router, batch_samples))
@@ -424,12 +478,12 @@ def _report(figures: dict, max_batch: int) -> None:
         f = figures[kind]
         rates = ", ".join(f"{k} {v:.3g}" for k, v in f["gflops"].items() if v)
         print(f"  matmul GFLOP/s at the model's shapes, {f['tokens']} rows: {rates}")
-    print(f"  {'':<38} {'p50 ms':>8} {'p95 ms':>8} {'tokens':>7} {'bare ms':>8} {'/bare':>6} "
+    print(f"  {'':<38} {'p50 ms':>8} {'p95 ms':>8} {'tokens':>7} {'+pad':>5} {'bare ms':>8} {'/bare':>6} "
           f"{'floor ms':>9} {'x floor':>8} {'best floor':>16} {'x best':>7}")
     for kind in kinds:
         f = figures[kind]
         floor = f"{f['floor_s'] * ms:9.1f} {f['over_floor']:7.1f}x" if f["floor_s"] else f"{'-':>9} {'-':>8}"
-        print(f"  {LABELS[kind]:<38} {f['p50_s'] * ms:8.1f} {f['p95_s'] * ms:8.1f} {f['tokens']:7d} "
+        print(f"  {LABELS[kind]:<38} {f['p50_s'] * ms:8.1f} {f['p95_s'] * ms:8.1f} {f['tokens']:7d} {f['padding']:5d} "
               f"{f['bare_forward_s'] * ms:8.1f} {f['route_over_bare']:5.2f}x {floor} "
               f"{f['best_floor_s'] * ms:7.1f} ({f['best_kernel']:>8}) {f['over_best_floor']:6.1f}x")
     print(f"  {LABELS['free']:<38} {figures['free_decoding_cold_p50_s'] * ms:8.1f}")
