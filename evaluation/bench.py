@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from taskrouter.extras import MissingExtra, require
 
@@ -318,18 +319,12 @@ def _environment(variables: dict[str, str]):
     """These environment variables set, and this checkout's settings re-read, until the block ends."""
     from taskrouter import settings
 
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    settings.get.cache_clear()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with mock.patch.dict(os.environ, variables):
         settings.get.cache_clear()
+        try:
+            yield
+        finally:
+            settings.get.cache_clear()
 
 
 def _other_router(checkout: str, model_dir: str | None):
